@@ -17,6 +17,7 @@ The run directory must be on a file system that every rank sees (a shared file s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -137,6 +138,15 @@ def load_rank(path: Path, rank: int, map_location: str | torch.device = "cpu") -
     if not file.is_file():
         return None  # world size changed: this rank starts fresh pools and RNG
     return torch.load(file, map_location=map_location, weights_only=True)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, in state_dict order: equal across ranks iff weights are equal."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _write_latest(root: Path, name: str) -> None:

@@ -22,12 +22,14 @@ def run(
     run_dir: str | Path | None = None,
     resume: str = "auto",
     run_name: str | None = None,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train (or continue training) one run. ``config`` is a Config, a YAML path or an experiment name.
 
     ``resume``: ``auto`` continues from the newest complete checkpoint in ``run_dir`` if there is one,
     ``never`` starts over, or a checkpoint directory. Returns a summary: status (completed | stopped),
     step, world_size, last metrics, checkpoint path, W&B id, and for the demo data set PSNR before/after.
+    ``stop_after``: checkpoint and return (status ``stopped``) after this many steps of this call.
     """
     if not isinstance(config, Config):
         config = load_config(config, overrides)
@@ -36,7 +38,8 @@ def run(
     _setup_logging()
     from cyclegan_dist.train.loop import train  # torch and friends load here, not at import of entry
 
-    return train(config, Path(run_dir) if run_dir else default_run_dir(config), resume=resume, run_name=run_name)
+    return train(config, Path(run_dir) if run_dir else default_run_dir(config), resume=resume, run_name=run_name,
+                 stop_after=stop_after)
 
 
 def _setup_logging() -> None:

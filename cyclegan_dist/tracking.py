@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -45,9 +47,9 @@ def truncate_metrics(run_dir: str | Path, after_step: int) -> None:
 
 
 def new_wandb_id() -> str:
-    import wandb.util
-
-    return wandb.util.generate_id()
+    """An 8-character run id of W&B's alphabet (lowercase letters and digits)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 class Tracker:

@@ -32,7 +32,9 @@ INCOMPATIBLE = ("model", "loss", "seed", "data.domain_a", "data.domain_b", "data
                 "train.batch_size", "train.lr", "train.beta1", "train.beta2", "train.lr_scaling", "train.deepspeed")
 
 
-def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | None = None) -> dict[str, Any]:
+def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | None = None,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train until ``train.steps``, or until ``stop_after`` more steps / a stop request (then checkpoint and return)."""
     accelerator = runtime.make_accelerator(config.train)
     rank, world = accelerator.process_index, accelerator.num_processes
     device, is_main = accelerator.device, accelerator.is_main_process
@@ -43,6 +45,11 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
     with accelerator.main_process_first():  # rank 0 builds the demo data set once; the others then read it
         data = setup_data(config, rank)
     gens, discs = build_pairs(config.model, config.seed)
+    if config.model.init_from:  # start from pretrained generators (junyanz .pth files), e.g. for fine-tuning
+        from cyclegan_dist.eval.generator_io import load_junyanz_pair, load_weights
+
+        for name, weights in load_junyanz_pair(config.model.init_from).items():
+            load_weights(getattr(gens, name), weights, where=config.model.init_from)
     memory = torch.channels_last if t.channels_last else torch.contiguous_format
     gens.to(memory_format=memory)
     discs.to(memory_format=memory)
@@ -98,7 +105,9 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             }) if is_main else None,
             rank_state={"step": at_step, "pool_A": pool_A.state_dict(), "pool_B": pool_B.state_dict(),
-                        "rng": runtime.rng_state(), "samples_seen": at_step * t.batch_size},
+                        "rng": runtime.rng_state(), "samples_seen": at_step * t.batch_size,
+                        "digest": {"generators": ckpt.weights_digest(gens_plain),
+                                   "discriminators": ckpt.weights_digest(discs_plain)}},
             generators={"G_A": gens_plain.G_A.state_dict(), "G_B": gens_plain.G_B.state_dict()},
             config_yaml=(run_dir / "config.yaml").read_text() if is_main else None,
             keep_last=t.keep_last,
@@ -135,7 +144,7 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
         if is_main and t.sample_every and (step % t.sample_every == 0 or step == t.steps):
             path = data.save_grid(gens_plain, run_dir / "samples" / f"step-{step:08d}.png", device, accelerator.autocast)
             tracker.log_image(step, "samples", path)
-        stop = runtime.stop_requested(accelerator)
+        stop = runtime.stop_requested(accelerator) or (stop_after is not None and step - result["start_step"] >= stop_after)
         if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop:
             result["checkpoint"] = str(save(step))
         if stop:

@@ -6,6 +6,7 @@ On a machine without CUDA the Accelerator runs on the CPU and, under ``torchrun`
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from datetime import timedelta
@@ -47,7 +48,9 @@ def make_accelerator(train: TrainConfig):
             "train.mixed_precision=fp16 needs a CUDA GPU; on the CPU PyTorch would silently run fp32. "
             "Use train.mixed_precision=bf16 (or no)."
         )
-    handlers = [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl", timeout=timedelta(minutes=30))]
+    handlers = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a process group only when there are several ranks
+        handlers.append(InitProcessGroupKwargs(backend="gloo" if cpu else "nccl", timeout=timedelta(minutes=30)))
     return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision, kwargs_handlers=handlers)
 
 

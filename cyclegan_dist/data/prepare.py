@@ -1,0 +1,327 @@
+"""``prepare``: image folders (or the Kaggle layout) -> WebDataset shards + ``index.json``.
+
+Each domain becomes ``<domain>-000000.tar, ...`` with ``shard_size`` samples per tar, each sample
+``{__key__, jpg}`` (8-bit RGB JPEG). Keys come from the relative path (deterministic, sorted walk).
+The whole root is written in a hidden sibling temp dir and renamed into place at the end, so a crash or
+a refused re-run never leaves a half-written or corrupted shard root behind.
+
+Resizing at prepare time (``--resize 286``: shorter side to 286, aspect kept) is what makes the loader
+fast on large photos; the loader still resizes to ``load_size`` square as the reference does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cyclegan_dist.data.shards import (
+    IMAGE_EXTS,
+    INDEX_NAME,
+    INDEX_VERSION,
+    check_domain_name,
+    encode_jpeg,
+    exif_upright,
+    open_image,
+    sanitize_key,
+    shard_name,
+    to_rgb8,
+    write_json_atomic,
+)
+from cyclegan_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+_SHOW = 5  # how many skipped names a warning lists
+
+
+def list_images(folder) -> list[tuple[str, Path]]:
+    """Recursive, sorted ``(relative posix path, path)`` of image files; hidden files are ignored."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise UserError(f"image folder {folder} does not exist: check the path")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: pass a directory of images")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if not fn.startswith(".") and os.path.splitext(fn)[1].lower() in IMAGE_EXTS:
+                p = Path(dirpath) / fn
+                out.append((p.relative_to(folder).as_posix(), p))
+    out.sort(key=lambda t: t[0])
+    if not out:
+        raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTS)}): point it at a folder of images")
+    return out
+
+
+def _process(item, resize, min_size, quality):
+    """(name, payload) -> ("ok", name, jpeg, (w, h)) | ("corrupt", name) | ("small", name)."""
+    name, payload = item
+    if not isinstance(payload, (str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image)):
+        raise TypeError(f"unsupported image payload {type(payload).__name__} for {name!r}")
+    raw = None
+    try:
+        if isinstance(payload, (str, Path)):
+            raw = Path(payload).read_bytes()
+        elif isinstance(payload, (bytes, bytearray, memoryview)):
+            raw = bytes(payload)
+        if raw is not None:
+            img = open_image(raw)
+        elif isinstance(payload, np.ndarray):
+            img = Image.fromarray(np.ascontiguousarray(payload))
+        else:
+            img = payload
+            img.load()
+        fmt, mode = img.format, img.mode
+        img, rotated = exif_upright(img)
+        img = to_rgb8(img)
+    except Exception:  # corrupt, truncated, unsupported mode, decompression bomb: skipped and counted
+        return ("corrupt", name)
+    w, h = img.size
+    if min(w, h) < min_size:
+        return ("small", name)
+    if resize:
+        s = resize / min(w, h)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        if size != img.size:
+            img = img.resize(size, Image.BICUBIC)
+    if raw is not None and fmt == "JPEG" and mode == "RGB" and not rotated and img.size == (w, h):
+        data = raw  # already an RGB JPEG at the right size: keep the bytes (no generation loss)
+    else:
+        data = encode_jpeg(img, quality)
+    return ("ok", name, data, img.size)
+
+
+def _ordered_map(fn, items, workers):
+    """``map`` over a thread pool, in order, with a bounded number of items in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with cf.ThreadPoolExecutor(workers) as ex:
+        pending = collections.deque()
+        for item in items:
+            pending.append(ex.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _write_domain(domain, source, tmp, shard_size, resize, min_size, quality, progress, workers):
+    from tqdm import tqdm
+    from webdataset import TarWriter
+
+    if isinstance(source, (str, Path)):
+        folder = Path(source).expanduser()
+        items = list_images(folder)
+        where = str(folder)
+    else:
+        folder, items, where = None, source, f"the {domain!r} source"
+    try:
+        total = len(items)
+    except TypeError:
+        total = None
+    shards, keys, sizes = [], set(), []
+    skipped = {"corrupt": [], "small": []}
+    writer, n_in_shard = None, 0
+    bar = tqdm(total=total, desc=f"prepare {domain}", unit="img", disable=not progress, leave=False)
+    try:
+        for res in _ordered_map(lambda it: _process(it, resize, min_size, quality), items, workers):
+            bar.update(1)
+            if res[0] != "ok":
+                skipped[res[0]].append(res[1])
+                continue
+            _, name, data, size = res
+            key = sanitize_key(name) or f"img{len(sizes):07d}"
+            base, k = key, 1
+            while key in keys:
+                k += 1
+                key = f"{base}_{k}"
+            keys.add(key)
+            if writer is None or n_in_shard >= shard_size:
+                if writer is not None:
+                    writer.close()
+                shards.append({"url": shard_name(domain, len(shards)), "nsamples": 0})
+                writer = TarWriter(str(tmp / shards[-1]["url"]), encoder=False, mtime=0)
+                n_in_shard = 0
+            writer.write({"__key__": key, "jpg": data})
+            n_in_shard += 1
+            shards[-1]["nsamples"] += 1
+            sizes.append(size)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    for why, names in skipped.items():
+        if names:
+            what = "unreadable (corrupt or truncated) image(s)" if why == "corrupt" else f"image(s) smaller than min_size={min_size}"
+            log.warning(
+                "prepare %s: skipped %d %s from %s, first: %s",
+                domain, len(names), what, where, ", ".join(map(str, names[:_SHOW])),
+            )
+    if not sizes:
+        raise UserError(
+            f"{where} has no readable image{' of at least ' + str(min_size) + ' px' if min_size else ''} "
+            f"({len(skipped['corrupt'])} unreadable, {len(skipped['small'])} too small): check the folder"
+        )
+    arr = np.asarray(sizes)
+    return {
+        "count": int(len(sizes)),
+        "shards": shards,
+        "min_size": [int(arr[:, 0].min()), int(arr[:, 1].min())],
+        "max_size": [int(arr[:, 0].max()), int(arr[:, 1].max())],
+        "skipped_corrupt": len(skipped["corrupt"]),
+        "skipped_small": len(skipped["small"]),
+    }
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory: choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"--out {out} is not empty; nothing was written. Pass --overwrite to replace it, or choose another --out"
+            )
+        if not (out / INDEX_NAME).is_file():
+            raise UserError(
+                f"--out {out} is not empty and is not a shard root (no {INDEX_NAME}); refusing to replace it even "
+                "with --overwrite: choose an empty or new --out"
+            )
+
+
+def prepare_shards(
+    domains: dict,
+    out_dir,
+    shard_size: int = 1000,
+    resize: int | None = None,
+    quality: int = 95,
+    progress: bool = True,
+    *,
+    min_size: int = 0,
+    overwrite: bool = False,
+    workers: int | None = None,
+    timestamp: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Write a shard root at ``out_dir`` and return its index.
+
+    ``domains`` maps a domain name to a folder (recursive scan) or to an iterable of ``(name, payload)``
+    with payload = encoded image bytes, a PIL image, or an HxWx3 uint8 array. Corrupt/truncated images and
+    images whose shorter side is below ``min_size`` are skipped and counted (one warning per domain).
+    ``resize`` sets the shorter side (aspect kept, bicubic). ``timestamp=False`` writes ``"created": null``
+    (byte-identical roots for identical input); ``extra`` is merged into the index.
+    """
+    if not isinstance(domains, dict) or not domains:
+        raise UserError("prepare: give at least one domain (name -> image folder)")
+    for name in domains:
+        check_domain_name(name)
+    if int(shard_size) < 1:
+        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+    if resize is not None and int(resize) < 1:
+        raise UserError(f"--resize must be a positive number of pixels, got {resize}")
+    if not 1 <= int(quality) <= 100:
+        raise UserError(f"--quality must be in 1..100, got {quality}")
+    out = Path(out_dir).expanduser().absolute()
+    _check_out_dir(out, overwrite)
+    for name, src in domains.items():  # fail on a bad folder before writing anything
+        if isinstance(src, (str, Path)):
+            list_images(src)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        index = {
+            "version": INDEX_VERSION,
+            "domains": {},
+            "resize": int(resize) if resize else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if timestamp else None,
+        }
+        for name, src in domains.items():
+            index["domains"][name] = _write_domain(
+                name, src, tmp, int(shard_size), resize and int(resize), int(min_size), int(quality), progress, workers
+            )
+        index.update(extra or {})
+        write_json_atomic(tmp / INDEX_NAME, index)
+        _swap_in(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+def _swap_in(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished temp root onto ``out`` (replacing an old root only when allowed)."""
+    _check_out_dir(out, overwrite)  # again: something may have appeared meanwhile
+    if out.is_dir() and any(out.iterdir()):
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``prepare`` on an argparse subparsers object; sets ``func(args) -> int``."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="image folders or the Kaggle layout -> WebDataset shards",
+        description="Convert two image folders (photos, paintings) or the Kaggle 'I'm Something of a Painter "
+        "Myself' layout into WebDataset shards plus index.json, the input of training.",
+    )
+    p.add_argument("--photos", metavar="DIR", help="folder of photos (recursive), domain A")
+    p.add_argument("--paintings", metavar="DIR", help="folder of paintings (recursive), domain B")
+    p.add_argument("--kaggle", metavar="DIR", help="Kaggle competition folder (monet_jpg/ photo_jpg/ or *_tfrec/)")
+    p.add_argument("--out", metavar="DIR", required=True, help="shard root to write")
+    p.add_argument("--domains", default="photo,monet", help="names of the photo and painting domains (default photo,monet)")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per tar (default 1000)")
+    p.add_argument("--resize", type=int, default=None, metavar="N",
+                   help="resize the shorter side to N px at prepare time (286 for the reference pipeline)")
+    p.add_argument("--min-size", type=int, default=0, metavar="N", help="skip images whose shorter side is < N px")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images (default 95)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard root at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_prepare)
+    return p
+
+
+def run_prepare(args) -> int:
+    names = [d.strip() for d in str(args.domains).split(",")]
+    if len(names) != 2 or len(set(names)) != 2:
+        raise UserError(f"--domains must be two different names separated by a comma (e.g. photo,monet), got {args.domains!r}")
+    if args.kaggle:
+        if args.photos or args.paintings:
+            raise UserError("--kaggle replaces --photos/--paintings: give either --kaggle DIR or both folders")
+        from cyclegan_dist.data.kaggle import kaggle_sources
+
+        src = kaggle_sources(args.kaggle)
+        domains = {names[0]: src["photo"], names[1]: src["monet"]}
+    else:
+        if not (args.photos and args.paintings):
+            raise UserError("prepare needs --photos DIR and --paintings DIR (or --kaggle DIR)")
+        domains = {names[0]: args.photos, names[1]: args.paintings}
+    index = prepare_shards(
+        domains, args.out, shard_size=args.shard_size, resize=args.resize, quality=args.quality,
+        progress=not args.no_progress, min_size=args.min_size, overwrite=args.overwrite,
+    )
+    for name, d in index["domains"].items():
+        skipped = d["skipped_corrupt"] + d["skipped_small"]
+        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s)" + (f", {skipped} skipped" if skipped else ""))
+    print(f"wrote {Path(args.out).expanduser() / INDEX_NAME}")
+    return 0

@@ -1,0 +1,144 @@
+"""Check a Kaggle "I'm Something of a Painter Myself" submission zip before uploading it.
+
+Kaggle's rule: the notebook outputs ``images.zip`` holding 7,000-10,000 images of 256x256. We check, per entry:
+stored at the top level of the zip (no folders: the safe layout), a ``.jpg``/``.jpeg`` name, JPEG by content
+(magic bytes and PIL's format, not the extension), decodes completely (CRC included), RGB (not grey scale / CMYK),
+exactly ``size``; names unique; and the total count within ``[min_count, max_count]``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO = multi-picture JPEG, still a JPEG stream
+
+# problem category -> how it reads in a message
+CATEGORIES = {
+    "nested": "are not at the top level of the zip (folders are not wanted)",
+    "directory": "are directory entries",
+    "bad_name": "do not have a .jpg/.jpeg name",
+    "not_jpeg": "are not JPEG files by content",
+    "undecodable": "cannot be read or decoded",
+    "not_rgb": "are not RGB",
+    "wrong_size": "have the wrong size",
+    "duplicate": "are duplicate names",
+}
+
+
+@dataclass
+class SubmissionReport:
+    path: str
+    size: tuple[int, int]
+    count: int = 0  # file entries (directories excluded)
+    n_good: int = 0  # entries with no problem
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bad: dict[str, list[str]] = field(default_factory=dict)  # category -> ["name (detail)", ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        head = (f"{self.path}: {self.count} files, {self.n_good} valid {self.size[0]}x{self.size[1]} RGB JPEGs")
+        lines = [("OK " if self.ok else "INVALID ") + head]
+        lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _check_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, size: tuple[int, int]) -> list[tuple[str, str]]:
+    """[(category, detail)] for one file entry; [] when it is fine."""
+    out: list[tuple[str, str]] = []
+    name = info.filename
+    if "/" in name.rstrip("/") or "\\" in name:
+        out.append(("nested", ""))
+    if not name.lower().endswith((".jpg", ".jpeg")):
+        out.append(("bad_name", ""))
+    try:
+        data = z.read(info)  # checks the CRC
+    except Exception as e:  # noqa: BLE001 - BadZipFile, zlib.error, RuntimeError (encrypted), ...
+        return out + [("undecodable", f"{type(e).__name__}: {e}")]
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, mode, wh = im.format, im.mode, im.size
+            im.load()
+    except Exception as e:  # noqa: BLE001
+        kind = "JPEG" if data.startswith(JPEG_MAGIC) else "not JPEG"
+        return out + [("undecodable", f"{kind}, {type(e).__name__}: {e}")]
+    if not data.startswith(JPEG_MAGIC) or fmt not in JPEG_FORMATS:
+        out.append(("not_jpeg", f"content is {fmt or 'unknown'}"))
+    if mode != "RGB":
+        out.append(("not_rgb", f"mode {mode}"))
+    if tuple(wh) != tuple(size):
+        out.append(("wrong_size", f"{wh[0]}x{wh[1]}"))
+    return out
+
+
+def check_submission(zip_path: str | os.PathLike, min_count: int = 7000, max_count: int = 10000,
+                     size: tuple[int, int] = (256, 256), progress: bool = False,
+                     show: int = 5) -> SubmissionReport:
+    """Validate a submission zip; the report lists problems (first ``show`` bad names per kind) and totals."""
+    p = Path(zip_path).expanduser()
+    rep = SubmissionReport(path=str(p), size=(int(size[0]), int(size[1])))
+    if not p.is_file():
+        rep.problems.append(f"{p} does not exist or is not a file")
+        return rep
+    if not zipfile.is_zipfile(p):
+        rep.problems.append(f"{p} is not a zip file")
+        return rep
+    if p.name != "images.zip":
+        rep.notes.append(f"Kaggle expects the notebook output to be named images.zip (this is {p.name})")
+    bad: dict[str, list[str]] = {}
+    bad_entries: set[str] = set()
+    try:
+        with zipfile.ZipFile(p) as z:
+            infos = z.infolist()
+            files = [i for i in infos if not i.is_dir()]
+            rep.count = len(files)
+            for i in infos:
+                if i.is_dir():
+                    bad.setdefault("directory", []).append(i.filename)
+            for name, n in sorted(Counter(i.filename for i in files).items()):
+                if n > 1:
+                    bad.setdefault("duplicate", []).append(f"{name} (x{n})")
+                    bad_entries.add(name)
+            it = files
+            if progress:
+                from tqdm.auto import tqdm
+
+                it = tqdm(files, desc="checking", unit="img")
+            for info in it:
+                for cat, detail in _check_entry(z, info, rep.size):
+                    bad.setdefault(cat, []).append(f"{info.filename} ({detail})" if detail else info.filename)
+                    bad_entries.add(info.filename)
+    except zipfile.BadZipFile as e:
+        rep.problems.append(f"{p} is a damaged zip file: {e}")
+        return rep
+    rep.n_good = sum(1 for i in files if i.filename not in bad_entries)
+    rep.bad = bad
+    if rep.count < min_count or rep.count > max_count:
+        rep.problems.append(f"{rep.count} files; Kaggle wants between {min_count} and {max_count}")
+    for cat, text in CATEGORIES.items():
+        names = bad.get(cat)
+        if not names:
+            continue
+        if cat == "wrong_size":
+            text = f"are not {rep.size[0]}x{rep.size[1]}"
+        more = f", ... ({len(names) - show} more)" if len(names) > show else ""
+        rep.problems.append(f"{len(names)} entries {text}: {', '.join(names[:show])}{more}")
+    return rep
+
+
+def validate_submission(zip_path: str | os.PathLike, min_count: int = 7000, max_count: int = 10000,
+                        size: tuple[int, int] = (256, 256), progress: bool = False) -> list[str]:
+    """The problems with a submission zip ([] = valid). See :func:`check_submission` for the full report."""
+    return check_submission(zip_path, min_count, max_count, size, progress).problems

@@ -1,0 +1,101 @@
+"""End-to-end training through the real CLI: one process, two gloo ranks (torchrun), exact resume, errors.
+
+Each run is a subprocess (a fresh Accelerator and process group per run), on the embedded demo data set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cyclegan_dist.checkpoint import latest_checkpoint, list_complete
+from cyclegan_dist.tracking import read_metrics
+from helpers import run_cli, run_torchrun
+
+TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled"]
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(ckpt / "G_A.safetensors"), **{f"B.{k}": v for k, v in load_file(ckpt / "G_B.safetensors").items()}}
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_one_process_run_writes_everything(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
+                  "train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=6",
+                  "wandb.mode=offline")
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["status"] == "completed" and result["step"] == 6 and result["world_size"] == 1
+    records = [r for r in read_metrics(run_dir) if "loss/G" in r]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for key in ("loss/G_A", "loss/cycle_A", "loss/idt_B", "loss/D_A", "lr", "img_per_s", "world_size"):
+        assert key in records[-1]
+    assert all(r["world_size"] == 1 and r["img_per_s"] > 0 for r in records)
+    assert [p.name for p in list_complete(run_dir)] == ["step-00000003", "step-00000006"]
+    assert (run_dir / "samples" / "step-00000006.png").is_file()
+    assert (run_dir / "config.yaml").read_text().startswith("experiment: smoke")
+    assert list((run_dir / "wandb").glob("offline-run-*")), "offline W&B run missing"
+    assert json.loads((run_dir / "wandb-run.json").read_text())["id"] == result["wandb_id"]
+
+
+def test_resume_is_bit_exact(tmp_path):
+    common = [*TINY, "train.log_every=1", "train.checkpoint_every=2", "loss.pool_size=3"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_cli("train", "--config", "smoke", "--run-dir", straight, "--set", *common, "train.steps=8")
+    run_cli("train", "--config", "smoke", "--run-dir", split, "--stop-after", "3", "--set", *common, "train.steps=8")
+    assert latest_checkpoint(split).name == "step-00000003"  # the stop wrote its own checkpoint
+    run_cli("train", "--config", "smoke", "--run-dir", split, "--set", *common, "train.steps=8")
+    assert latest_checkpoint(split).name == "step-00000008"
+    assert_bit_identical(weights(latest_checkpoint(straight)), weights(latest_checkpoint(split)))
+    a = torch.load(latest_checkpoint(straight) / "state.pt", weights_only=True)
+    b = torch.load(latest_checkpoint(split) / "state.pt", weights_only=True)
+    assert_bit_identical(a["discriminators"], b["discriminators"])
+    steps = [r["step"] for r in read_metrics(split) if "loss/G" in r]
+    assert steps == list(range(1, 9)), "metrics must continue without gaps or duplicates"
+
+
+def test_two_gloo_ranks_train_identical_weights(tmp_path):
+    run_dir = tmp_path / "ddp"
+    run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
+                 "train.steps=4", "train.log_every=2", "train.checkpoint_every=4")
+    records = [r for r in read_metrics(run_dir) if "loss/G" in r]
+    assert records and all(r["world_size"] == 2 for r in records)
+    ckpt = latest_checkpoint(run_dir)
+    ranks = [torch.load(ckpt / f"rank-{r:05d}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["digest"] == ranks[1]["digest"], "ranks ended with different weights"
+    assert not torch.equal(ranks[0]["pool_A"]["images"], ranks[1]["pool_A"]["images"]), "ranks saw the same data"
+
+
+def test_incompatible_checkpoint_names_the_difference(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=2")
+    out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=4",
+                  "model.ngf=16", check=False)
+    assert out.returncode == 2
+    assert "model.ngf: 8 -> 16" in out.stderr and "Traceback" not in out.stderr
+    assert latest_checkpoint(run_dir).name == "step-00000002", "the old checkpoint must stay"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.stepz=3"], "unknown key 'train.stepz'"),
+    (["--config", "nope"], "config file nope not found"),
+    (["--set", "data.root=/no/such/shards"], "/no/such/shards"),
+    (["--set", "train.mixed_precision=fp16"], "use train.mixed_precision=bf16"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    base = ["train", "--run-dir", tmp_path / "r"]
+    if "--config" not in args:
+        base += ["--config", "smoke"]
+    out = run_cli(*base, *args, check=False)
+    assert out.returncode == 2, out.stderr
+    assert message.lower() in out.stderr.lower() and "Traceback" not in out.stderr
