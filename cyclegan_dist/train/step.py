@@ -42,6 +42,7 @@ class StepParts:
     pool_B: ImagePool  # fakes of domain B (G_A's output), for D_A
     loss: LossConfig
     backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
+    backward_D: Callable[[torch.Tensor], None] | None = None  # DeepSpeed: D's own engine (default: backward)
     autocast: Callable[[], ContextManager] = nullcontext
     step_G: Callable[[], None] | None = None  # default: opt_G.step(); opt_G.zero_grad()
     step_D: Callable[[], None] | None = None
@@ -77,7 +78,7 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
         loss_D_A = (gan_loss(pred["D_A_real"], True, cfg.gan_mode) + gan_loss(pred["D_A_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
         loss_D_B = (gan_loss(pred["D_B_real"], True, cfg.gan_mode) + gan_loss(pred["D_B_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
         loss_D = loss_D_A + loss_D_B
-    parts.backward(loss_D)
+    (parts.backward_D or parts.backward)(loss_D)
     _step(parts.opt_D, parts.step_D)
 
     losses = {

@@ -1,0 +1,405 @@
+"""Data layer on real tars made here: prepare, index, bad inputs, streams (determinism, resume), Kaggle reader."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclegan_dist.data.prepare import add_prepare_parser, prepare_shards
+from cyclegan_dist.data.shards import decode_rgb
+from cyclegan_dist.data.streams import InfiniteSampler, UnpairedShardDataset, iter_domain, make_loader
+from cyclegan_dist.errors import UserError
+
+_ASTRO = None
+
+
+def _photo(i: int, h: int = 48, w: int = 56) -> np.ndarray:
+    global _ASTRO
+    if _ASTRO is None:
+        import skimage.data
+
+        _ASTRO = skimage.data.astronaut()
+    y, x = (i * 37) % (512 - h), (i * 53) % (512 - w)
+    return np.ascontiguousarray(_ASTRO[y : y + h, x : x + w])
+
+
+def _jpeg(a: np.ndarray, q: int = 90) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, "JPEG", quality=q)
+    return b.getvalue()
+
+
+def _folder(path: Path, n: int, start: int = 0, sub: bool = False) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        d = path / "sub" if sub and i % 2 else path
+        d.mkdir(exist_ok=True)
+        (d / f"img{start + i:03d}.jpg").write_bytes(_jpeg(_photo(start + i)))
+    return path
+
+
+def _digest(root: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+
+
+def _read_tar(path: Path) -> dict:
+    with tarfile.open(path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("shards")
+    prepare_shards(
+        {"photo": _folder(base / "p", 10), "monet": _folder(base / "m", 5, start=50)},
+        base / "root", shard_size=4, progress=False,
+    )
+    return base / "root"
+
+
+# ------------------------------------------------------------------------------------------ prepare
+
+
+def test_prepare_index_layout_and_resize(tmp_path):
+    idx = prepare_shards(
+        {"photo": _folder(tmp_path / "p", 7, sub=True), "monet": _folder(tmp_path / "m", 3, start=20)},
+        tmp_path / "out", shard_size=3, resize=40, progress=False,
+    )
+    out = tmp_path / "out"
+    assert json.loads((out / "index.json").read_text()) == idx
+    assert idx["version"] == 1 and idx["resize"] == 40 and idx["created"]
+    ph = idx["domains"]["photo"]
+    assert ph["count"] == 7 and [s["nsamples"] for s in ph["shards"]] == [3, 3, 1]
+    assert [s["url"] for s in ph["shards"]] == ["photo-000000.tar", "photo-000001.tar", "photo-000002.tar"]
+    assert idx["domains"]["monet"]["count"] == 3 and len(idx["domains"]["monet"]["shards"]) == 1
+    # 56x48 with the shorter side resized to 40 -> 47x40
+    assert ph["min_size"] == [47, 40] and ph["max_size"] == [47, 40]
+    files = _read_tar(out / "photo-000000.tar")
+    assert list(files) == ["img000.jpg", "img002.jpg", "img004.jpg"]  # sorted walk: top-level files first
+    assert "sub__img001.jpg" in _read_tar(out / "photo-000001.tar")  # keys from relative paths, no dots
+    img = decode_rgb(files["img000.jpg"])
+    assert img.mode == "RGB" and img.size == (47, 40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out", "p"]  # no temp dirs left behind
+
+
+def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
+    d = tmp_path / "mixed"
+    _folder(d, 3)
+    good = _jpeg(_photo(9))
+    (d / "corrupt.jpg").write_bytes(b"this is not a jpeg" * 20)
+    (d / "truncated.jpg").write_bytes(good[: len(good) * 6 // 10])
+    (d / ".hidden.jpg").write_bytes(b"junk")  # hidden files are ignored, not counted
+    (d / "notes.txt").write_text("not an image")
+    Image.fromarray(_photo(1)[..., 0], "L").save(d / "gray.png")
+    rgba = np.dstack([_photo(2), np.full((48, 56), 255, np.uint8)])
+    rgba[:, :28, 3] = 0  # left half transparent -> composited over white
+    Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
+    Image.fromarray(_photo(3)).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(_photo(4)).convert("P").save(d / "pal.png")
+    g16 = (np.linspace(0, 65535, 48 * 56).reshape(48, 56)).astype(np.uint16)
+    Image.fromarray(g16).save(d / "g16.png")
+    with Image.open(d / "g16.png") as im16:
+        assert im16.mode == "I;16"
+    Image.fromarray(_photo(5, 8, 8)).save(d / "tiny.png")
+    with caplog.at_level(logging.WARNING):
+        idx = prepare_shards({"photo": d}, tmp_path / "out", shard_size=100, min_size=16, progress=False)
+    ph = idx["domains"]["photo"]
+    assert (ph["count"], ph["skipped_corrupt"], ph["skipped_small"]) == (3 + 5, 2, 1)
+    text = caplog.text
+    assert "skipped 2 unreadable" in text and "corrupt.jpg" in text and "truncated.jpg" in text
+    assert "skipped 1 image(s) smaller than min_size=16" in text and "first: tiny.png" in text
+    files = _read_tar(tmp_path / "out" / "photo-000000.tar")
+    assert set(files) == {f"img00{i}.jpg" for i in range(3)} | {"gray.jpg", "rgba.jpg", "cmyk.jpg", "pal.jpg", "g16.jpg"}
+    for data in files.values():
+        assert Image.open(io.BytesIO(data)).mode == "RGB"
+    g = np.asarray(decode_rgb(files["g16.jpg"]), np.float64)
+    assert abs(g.mean() - 127.5) < 4 and g[0, 0, 0] < 10 and g[-1, -1, 0] > 245  # rescaled, not clipped
+    a = np.asarray(decode_rgb(files["rgba.jpg"]), np.float64)
+    assert a[:, :20].mean() > 250  # transparent half is white
+
+
+def test_prepare_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    good = _folder(tmp_path / "good", 2)
+    with pytest.raises(UserError, match=str(tmp_path / "empty")):
+        prepare_shards({"photo": good, "monet": tmp_path / "empty"}, tmp_path / "o1", progress=False)
+    with pytest.raises(UserError, match="does not exist"):
+        prepare_shards({"photo": tmp_path / "missing"}, tmp_path / "o2", progress=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=f"{bad}.*no readable image"):
+        prepare_shards({"photo": good, "monet": bad}, tmp_path / "o3", progress=False)
+    with pytest.raises(UserError, match="domain name"):
+        prepare_shards({"pho.to": good}, tmp_path / "o4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "empty", "good"]  # nothing written
+
+
+def test_rerun_refuses_and_keeps_old_shards(tmp_path):
+    out = tmp_path / "out"
+    prepare_shards({"photo": _folder(tmp_path / "a", 3)}, out, shard_size=2, progress=False)
+    before = _digest(out)
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare_shards({"photo": _folder(tmp_path / "b", 5, start=10)}, out, shard_size=2, progress=False)
+    assert _digest(out) == before
+    idx = prepare_shards({"photo": tmp_path / "b"}, out, shard_size=2, progress=False, overwrite=True)
+    assert idx["domains"]["photo"]["count"] == 5 and _digest(out) != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
+    other = tmp_path / "notshards"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(UserError, match="not a shard root"):
+        prepare_shards({"photo": tmp_path / "a"}, other, progress=False, overwrite=True)
+    assert (other / "keep.txt").read_text() == "precious"
+
+
+def test_cli_prepare(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_prepare_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args([
+        "prepare", "--photos", str(_folder(tmp_path / "p", 3)), "--paintings", str(_folder(tmp_path / "q", 2)),
+        "--out", str(tmp_path / "o"), "--domains", "photo,art", "--shard-size", "2", "--no-progress",
+    ])
+    assert args.func(args) == 0
+    idx = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert {k: v["count"] for k, v in idx["domains"].items()} == {"photo": 3, "art": 2}
+    assert "photo: 3 images in 2 shard(s)" in capsys.readouterr().out
+    args = parser.parse_args(["prepare", "--photos", str(tmp_path / "p"), "--out", str(tmp_path / "o2")])
+    with pytest.raises(UserError, match="--paintings"):
+        args.func(args)
+
+
+# ------------------------------------------------------------------------------- stream: bad roots
+
+
+def test_stream_root_errors(tmp_path, shard_root):
+    with pytest.raises(UserError, match="does not exist.*cyclegan_dist prepare"):
+        UnpairedShardDataset(tmp_path / "nope")
+    (tmp_path / "noindex").mkdir()
+    with pytest.raises(UserError, match="index.json not found.*cyclegan_dist prepare"):
+        UnpairedShardDataset(tmp_path / "noindex")
+    with pytest.raises(UserError, match="'painting' is not in shard root.*monet, photo"):
+        UnpairedShardDataset(shard_root, domain_b="painting")
+    with pytest.raises(UserError, match="crop_size"):
+        UnpairedShardDataset(shard_root, load_size=32, crop_size=40)
+    root = tmp_path / "copy"
+    shutil.copytree(shard_root, root)
+    (root / "monet-000001.tar").unlink()
+    with pytest.raises(UserError, match=f"{root / 'monet-000001.tar'} is listed .* does not exist.*prepare"):
+        UnpairedShardDataset(root)
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.55, 0.95])
+def test_truncated_tar_is_a_user_error(tmp_path, shard_root, frac):
+    """Chosen behaviour: a tar that is cut short anywhere (missing samples, or a member cut short) is
+    rejected up front with a UserError naming the shard; never a silently shorter or wrong stream."""
+    root = tmp_path / "copy"
+    shutil.copytree(shard_root, root)
+    tar = root / "photo-000001.tar"
+    with tarfile.open(tar) as tf:
+        last = tf.getmembers()[-1]
+        end = last.offset_data + last.size  # data end; beyond is zero padding
+    tar.write_bytes(tar.read_bytes()[: int(end * frac)])
+    with pytest.raises(UserError, match=f"shard {tar} is damaged.*prepare"):
+        UnpairedShardDataset(root, load_size=36, crop_size=32)
+    with pytest.raises(UserError, match=f"shard {tar} is damaged"):
+        iter_domain(root, "photo", size=32)  # at the call, not at the first next()
+
+
+def _hand_root(path: Path, photo: list[tuple[str, bytes]], monet: list[tuple[str, bytes]]) -> Path:
+    from webdataset import TarWriter
+
+    path.mkdir()
+    index = {"version": 1, "domains": {}, "resize": None, "created": None}
+    for dom, items in (("photo", photo), ("monet", monet)):
+        with TarWriter(str(path / f"{dom}-000000.tar"), encoder=False) as w:
+            for key, data in items:
+                w.write({"__key__": key, "jpg": data})
+        index["domains"][dom] = {"count": len(items), "shards": [{"url": f"{dom}-000000.tar", "nsamples": len(items)}]}
+    (path / "index.json").write_text(json.dumps(index))
+    return path
+
+
+def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, caplog):
+    good = [(f"good{i}", _jpeg(_photo(i))) for i in range(3)]
+    trunc = _jpeg(_photo(7))
+    bad = [("bad0", b"\x00" * 300), ("bad1", trunc[: len(trunc) // 2]), ("bad2", b"\xff\xd8garbage")]
+    root = _hand_root(tmp_path / "r", good[:1] + bad[:2] + good[1:] + bad[2:], [(f"m{i}", _jpeg(_photo(30 + i))) for i in range(2)])
+    ds = UnpairedShardDataset(root, load_size=36, crop_size=32)
+    with caplog.at_level(logging.WARNING):
+        items = [ds[k] for k in range(40)]
+    assert {it["A_key"] for it in items} <= {"good0", "good1", "good2"}
+    total = sum(it["skipped"] for it in items)
+    assert total > 0 and ds.skipped == total
+    assert caplog.text.count("skipping unreadable sample") == 1  # once per process, not per sample
+    fresh = UnpairedShardDataset(root, load_size=36, crop_size=32)  # re-draws are deterministic too
+    for k in (0, 17, 39):
+        assert fresh[k]["A_key"] == items[k]["A_key"] and torch.equal(fresh[k]["A"], items[k]["A"])
+    # a domain with no readable sample at all is fatal, naming root and domain
+    root2 = _hand_root(tmp_path / "r2", good, bad)
+    ds2 = UnpairedShardDataset(root2, load_size=36, crop_size=32, max_tries=20)
+    with pytest.raises(UserError, match=f"domain 'monet' of shard root {root2}: 20 random samples"):
+        ds2[0]
+    # the eval stream skips them too
+    keys = [k for k, _ in iter_domain(root, "photo", size=32)]
+    assert keys == ["good0", "good1", "good2"]
+
+
+# ------------------------------------------------------------------------------- stream: semantics
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a["A_key"] == b["A_key"] and a["B_key"] == b["B_key"] and torch.equal(a["A"], b["A"]) and torch.equal(a["B"], b["B"])
+
+
+def test_item_is_pure_function_of_seed_rank_k(shard_root):
+    kw = dict(load_size=36, crop_size=32)
+    ds1, ds2 = UnpairedShardDataset(shard_root, **kw), UnpairedShardDataset(shard_root, **kw)
+    ks = [5, 0, 123_456_789, 1]
+    first = {k: ds1[k] for k in ks}
+    for k in reversed(ks):  # another instance, another access order: same items
+        assert _same(first[k], ds2[k])
+    it = ds1[0]
+    assert it["A"].shape == (3, 32, 32) and it["B"].shape == (3, 32, 32) and it["A"].dtype == torch.float32
+    assert it["A"].min() >= -1 and it["A"].max() <= 1 and it["A"].min() < 0 < it["A"].max()
+    assert len(ds1) == 10
+    other_rank = UnpairedShardDataset(shard_root, rank=1, **kw)
+    other_seed = UnpairedShardDataset(shard_root, seed=1, **kw)
+    assert not all(_same(ds1[k], other_rank[k]) for k in range(4))
+    assert not all(_same(ds1[k], other_seed[k]) for k in range(4))
+    clone = pickle.loads(pickle.dumps(ds1))  # after use (open readers): what spawn-started workers get
+    assert _same(clone[5], first[5])
+    # unpaired resampling covers both domains
+    keys = [ds1[k] for k in range(60)]
+    assert len({x["A_key"] for x in keys}) >= 8 and len({x["B_key"] for x in keys}) == 5
+
+
+def _take(loader, n):
+    it = iter(loader)
+    out = [next(it) for _ in range(n)]
+    del it
+    return out
+
+
+def test_loader_worker_count_invariance_and_exact_resume(shard_root):
+    ds = UnpairedShardDataset(shard_root, load_size=36, crop_size=32)
+    state = torch.random.get_rng_state()
+    b0 = _take(make_loader(ds, 3, num_workers=0), 5)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global torch RNG is not consumed
+    b2 = _take(make_loader(ds, 3, num_workers=2), 5)
+    resumed = _take(make_loader(ds, 3, start_sample=2 * 3, num_workers=0), 3)
+    for x, y in zip(b0, b2):
+        assert x["A_key"] == y["A_key"] and torch.equal(x["A"], y["A"]) and torch.equal(x["B"], y["B"])
+    for x, y in zip(b0[2:], resumed):
+        assert x["A_key"] == y["A_key"] and x["B_key"] == y["B_key"] and torch.equal(x["A"], y["A"])
+    assert b0[0]["A"].shape == (3, 3, 32, 32) and b0[0]["skipped"].tolist() == [0, 0, 0]
+    assert b0[1]["A_key"] == [ds[k]["A_key"] for k in (3, 4, 5)]
+    s = iter(InfiniteSampler(7))
+    assert [next(s) for _ in range(3)] == [7, 8, 9]
+
+
+def test_iter_domain_every_image_once_across_ranks(shard_root):
+    index = json.loads((shard_root / "index.json").read_text())
+    all_keys = [k for k, _ in iter_domain(shard_root, "photo", size=24)]
+    assert len(all_keys) == index["domains"]["photo"]["count"] == len(set(all_keys))
+    _, t = next(iter_domain(shard_root, "photo", size=24))
+    assert t.shape == (3, 24, 24) and -1 <= t.min() and t.max() <= 1
+    for ws in (2, 3, 5):  # 3 shards: 5 ranks forces the per-sample split
+        parts = [[k for k, _ in iter_domain(shard_root, "photo", r, ws, size=24)] for r in range(ws)]
+        flat = [k for p in parts for k in p]
+        assert sorted(flat) == sorted(all_keys) and len(flat) == len(set(flat))
+        assert all(parts)
+
+
+def test_transforms_roundtrip_and_reference_semantics():
+    from cyclegan_dist.data.transforms import eval_transform, pil_to_tensor, to_uint8_image, train_transform
+
+    a = _photo(3, 40, 50)
+    img = Image.fromarray(a)
+    assert np.array_equal(to_uint8_image(pil_to_tensor(img)), a)
+    assert to_uint8_image(pil_to_tensor(img)[None]).shape == (1, 40, 50, 3)
+    t1 = train_transform(img, np.random.default_rng(3), load_size=36, crop_size=32)
+    t2 = train_transform(img, np.random.default_rng(3), load_size=36, crop_size=32)
+    assert torch.equal(t1, t2) and t1.shape == (3, 32, 32)
+    # the same crop/flip by hand: resize 36x36 bicubic, crop at the drawn (x, y), flip if drawn < 0.5
+    g = np.random.default_rng(3)
+    x, y, flip = int(g.integers(0, 5)), int(g.integers(0, 5)), g.random() < 0.5
+    ref = np.asarray(img.resize((36, 36), Image.BICUBIC))[y : y + 32, x : x + 32]
+    assert np.array_equal(to_uint8_image(t1), ref[:, ::-1] if flip else ref)
+    assert eval_transform(img, 24).shape == (3, 24, 24)
+    import torchvision.transforms as T
+
+    ref = T.Compose([T.Resize([24, 24], T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    assert torch.equal(eval_transform(img, 24), ref(img))  # bit-identical to the torchvision pipeline
+
+
+# ------------------------------------------------------------------------------------------ Kaggle
+
+
+def _square_jpegs(d: Path, n: int, start: int, odd: int | None = None) -> None:
+    d.mkdir(parents=True)
+    for i in range(n):
+        s = 100 if i == odd else 256
+        (d / f"{start + i:04x}.jpg").write_bytes(_jpeg(np.asarray(Image.fromarray(_photo(start + i)).resize((s, s)))))
+
+
+def _write_tfrec(path: Path, names: list[str]) -> None:
+    from tfrecord.writer import TFRecordWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = TFRecordWriter(str(path))
+    for i, name in enumerate(names):
+        data = _jpeg(np.asarray(Image.fromarray(_photo(60 + i)).resize((256, 256))))
+        w.write({"image_name": (name.encode(), "byte"), "image": (data, "byte"), "target": (b"monet", "byte")})
+    w.close()
+
+
+def test_kaggle_jpg_layout_preferred_with_warnings(tmp_path, caplog):
+    k = tmp_path / "kaggle"
+    _square_jpegs(k / "photo_jpg", 4, 0)
+    _square_jpegs(k / "monet_jpg", 3, 100, odd=1)
+    _write_tfrec(k / "monet_tfrec" / "monet00-2.tfrec", ["zzz", "yyy"])  # ignored: jpg dirs win
+    parser = argparse.ArgumentParser()
+    add_prepare_parser(parser.add_subparsers())
+    args = parser.parse_args(["prepare", "--kaggle", str(k), "--out", str(tmp_path / "o"), "--no-progress"])
+    with caplog.at_level(logging.WARNING):
+        assert args.func(args) == 0
+    idx = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert {d: v["count"] for d, v in idx["domains"].items()} == {"photo": 4, "monet": 3}
+    assert "has 3 JPEGs, the competition has 300" in caplog.text and "the competition has 7038" in caplog.text
+    assert "1 image(s)" in caplog.text and "not 256x256" in caplog.text
+    assert sorted(_read_tar(tmp_path / "o" / "monet-000000.tar")) == ["0064.jpg", "0065.jpg", "0066.jpg"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tfrecord leaks the file of a bad record
+def test_kaggle_tfrec_layout(tmp_path, caplog):
+    from cyclegan_dist.data.kaggle import kaggle_sources
+
+    k = tmp_path / "kaggle"
+    _write_tfrec(k / "photo_tfrec" / "photo00-3.tfrec", ["p0", "p1", "p2"])
+    _write_tfrec(k / "photo_tfrec" / "photo01-2.tfrec", ["p3", "p4"])
+    _write_tfrec(k / "monet_tfrec" / "monet00-2.tfrec", ["m0", "m1"])
+    src = kaggle_sources(k)
+    assert src["photo"].kind == "tfrec" and src["monet"].kind == "tfrec"
+    with caplog.at_level(logging.WARNING):
+        idx = prepare_shards({"photo": src["photo"], "monet": src["monet"]}, tmp_path / "o", progress=False)
+    assert idx["domains"]["photo"]["count"] == 5 and idx["domains"]["monet"]["count"] == 2
+    assert "found 5 images" in caplog.text and "found 2 images" in caplog.text
+    assert sorted(_read_tar(tmp_path / "o" / "photo-000000.tar")) == [f"p{i}.jpg" for i in range(5)]
+    with pytest.raises(UserError, match="photo_jpg .*gan-getting-started"):
+        kaggle_sources(_folder(tmp_path / "notkaggle", 1))
+    (k / "monet_tfrec" / "bad.tfrec").write_bytes(b"\x05" * 40)
+    with pytest.raises(UserError, match="bad.tfrec"):
+        list(kaggle_sources(k)["monet"])
