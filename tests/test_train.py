@@ -99,3 +99,12 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     out = run_cli(*base, *args, check=False)
     assert out.returncode == 2, out.stderr
     assert message.lower() in out.stderr.lower() and "Traceback" not in out.stderr
+
+
+def test_smoke_training_beats_the_identity_baseline(tmp_path):
+    """The demo's quality check: translation PSNR of G(x) vs T(x) on held-out crops, before and after."""
+    out = run_cli("train", "--config", "smoke", "--run-dir", tmp_path / "smoke", "--set", "train.steps=300",
+                  "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled")
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["psnr_after"] > result["psnr_identity"] + 1.5, result
+    assert result["psnr_after"] > result["psnr_before"] + 3.0, result
