@@ -220,6 +220,8 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            value = "yes" if value else "no"  # YAML 1.1 reads no/off/yes/on as booleans
         if value not in args:
             raise UserError(f"{where}: {key}={value!r} is not valid; choose one of: {', '.join(map(str, args))}")
         return value

@@ -45,6 +45,10 @@ def test_bad_values_name_the_key_and_the_choices(override, expected):
     assert expected in str(info.value)
 
 
+def test_yaml_booleans_are_read_as_choice_words():
+    assert load_config("smoke", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
 def test_unet_needs_a_crop_it_can_halve():
     with pytest.raises(UserError, match="multiple of 256"):
         load_config("unet", ["data.crop_size=128", "data.load_size=143"])

@@ -24,6 +24,8 @@ GRID_IMAGES = 8
 @dataclass
 class DataSetup:
     root: Path
+    domain_a: str
+    domain_b: str
     dataset: UnpairedShardDataset
     batch_size: int
     num_workers: int
@@ -71,7 +73,7 @@ def setup_data(config: Config, rank: int) -> DataSetup:
         eval_pairs, psnr_identity = None, None
     dataset = UnpairedShardDataset(root, domain_a, domain_b, load_size=d.load_size, crop_size=d.crop_size,
                                    flip=d.flip, seed=config.seed, rank=rank)
-    return DataSetup(root, dataset, config.train.batch_size, d.num_workers, eval_pairs, psnr_identity)
+    return DataSetup(root, domain_a, domain_b, dataset, config.train.batch_size, d.num_workers, eval_pairs, psnr_identity)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:

