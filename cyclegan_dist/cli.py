@@ -30,7 +30,6 @@ def add_train_parser(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from cyclegan_dist.entry import run
-
     from cyclegan_dist.train.runtime import request_stop
 
     for signum in (signal.SIGUSR1, signal.SIGTERM):  # checkpoint at the next step, then exit cleanly

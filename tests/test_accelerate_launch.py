@@ -14,6 +14,7 @@ import torch
 
 from cyclegan_dist.checkpoint import latest_checkpoint
 from cyclegan_dist.tracking import read_metrics
+
 from helpers import ROOT, _env
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",

@@ -7,6 +7,7 @@ import torch
 
 from cyclegan_dist.checkpoint import latest_checkpoint
 from cyclegan_dist.tracking import read_metrics
+
 from helpers import run_torchrun
 
 pytest.importorskip("deepspeed", reason="the 'deepspeed' extra is not installed (pip install -e '.[deepspeed]')")

@@ -25,12 +25,13 @@ import math
 
 import pytest
 import torch
-from helpers import run_torchrun
-from workers.common import dead_biases, relative_distance, tiny_config
-from workers.launch import load_ranks, run_worker
 
 from cyclegan_dist.tracking import read_metrics
 from cyclegan_dist.train.modules import build_pairs
+
+from helpers import run_torchrun
+from workers.common import dead_biases, relative_distance, tiny_config
+from workers.launch import load_ranks, run_worker
 
 STEPS, GLOBAL_BATCH = 3, 4  # 1 process x 4 images == 2 ranks x 2 images
 GRAD_TOL = 1e-5  # x the largest gradient of the network

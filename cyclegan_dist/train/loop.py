@@ -19,13 +19,13 @@ from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, diff_configs, write_config
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.image_pool import ImagePool
+from cyclegan_dist.tracking import Tracker, new_wandb_id, previous_wandb_id, truncate_metrics
 from cyclegan_dist.train import runtime
 from cyclegan_dist.train.data_setup import setup_data
 from cyclegan_dist.train.evaluation import TrainingEvaluator, read_best, write_best
 from cyclegan_dist.train.modules import build_pairs
 from cyclegan_dist.train.schedule import lr_factor, scaled_lr, set_lr
 from cyclegan_dist.train.step import StepParts, train_step
-from cyclegan_dist.tracking import Tracker, new_wandb_id, previous_wandb_id, truncate_metrics
 
 log = logging.getLogger("cyclegan_dist.train")
 

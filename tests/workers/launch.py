@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from helpers import ROOT, _env
 
 WORKERS = Path(__file__).resolve().parent
