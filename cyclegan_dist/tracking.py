@@ -9,6 +9,7 @@ Only rank 0 writes; other ranks get a tracker that does nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import string
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.config import Config
+
+log = logging.getLogger("cyclegan_dist.tracking")
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_FILE = "wandb-run.json"
@@ -100,22 +103,30 @@ class Tracker:
             return
         record = {"step": step, "time": time.time(), **metrics}
         self._file.write(json.dumps(record) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log({"step": step, **metrics})
+        self._wandb(lambda run: run.log({"step": step, **metrics}))
 
     def log_image(self, step: int, name: str, path: Path) -> None:
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({"step": step, name: wandb.Image(str(path))})
+            self._wandb(lambda run: run.log({"step": step, name: wandb.Image(str(path))}))
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update(values)
+        self._wandb(lambda run: run.summary.update(values))
 
     def finish(self) -> None:
         if not self.enabled:
             return
         self._file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
+        self._wandb(lambda run: run.finish())
+
+    def _wandb(self, call) -> None:
+        """W&B is a mirror: if its service dies (SLURM's SIGTERM reaches every process of a job), training and
+        metrics.jsonl carry on, and the checkpoint that the stop asks for is still written."""
+        if self.wandb_run is None:
+            return
+        try:
+            call(self.wandb_run)
+        except Exception as exc:  # noqa: BLE001 - any failure of the mirror
+            log.warning("W&B stopped answering (%s: %s); metrics continue in %s only", type(exc).__name__, exc, METRICS_FILE)
+            self.wandb_run = None

@@ -20,6 +20,12 @@ def test_resnet9_and_unet_differ_only_in_the_generator():
     assert diff_configs(a, b) == ["experiment: 'resnet9' -> 'unet'", "model.generator: 'resnet_9blocks' -> 'unet_256'"]
 
 
+def test_small_arms_differ_only_in_the_generator():
+    a, b = load_config("resnet9-small").to_dict(), load_config("unet-small").to_dict()
+    assert diff_configs(a, b) == ["experiment: 'resnet9-small' -> 'unet-small'",
+                                  "model.generator: 'resnet_9blocks' -> 'unet_32'"]
+
+
 def test_overrides_are_typed():
     c = load_config("smoke", ["train.steps=7", "data.root=/data/x", "wandb.tags=[a, b]", "train.lr=1e-3"])
     assert c.train.steps == 7 and c.data.root == "/data/x" and c.wandb.tags == ("a", "b") and c.train.lr == 1e-3

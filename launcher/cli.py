@@ -1,0 +1,206 @@
+"""Submit CycleGAN runs to SLURM (or this machine) with submitit; status, gather, cancel.
+
+  python -m launcher submit --exp resnet9 --gpus 8
+  python -m launcher submit --exp resnet9,unet --seeds 0,1,2 --gpus 16 --cluster mycluster --time 24:00:00
+  python -m launcher submit --exp smoke                 # no sbatch here: runs on this machine, follows the log
+  python -m launcher status
+  python -m launcher gather --exp resnet9
+  python -m launcher cancel RUN
+
+GPUs: one task (rank) per GPU; --gpus N fills nodes of the profile's gpus_per_node (N must fill whole nodes).
+Default: one full node on SLURM; on this machine all its CUDA GPUs, or one CPU rank when it has none.
+--gpus 0 runs --cpu-ranks N CPU processes (gloo). A local run may use at most the GPUs this machine has.
+A mistake in the input prints one line (error: ...) and exits 2, with nothing submitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cyclegan_dist.errors import UserError
+from launcher import runs
+
+
+def _run_root(args: argparse.Namespace) -> Path:
+    profile_root = None
+    if not args.run_root:
+        from launcher import clusters
+
+        try:
+            profile_root = clusters.resolve_cluster(args.cluster).run_root
+        except UserError:
+            profile_root = None
+    return runs.resolve_run_root(args.run_root, profile_root)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from launcher import submit
+
+    plan = submit.plan(args) if args.command == "submit" else submit.plan_resume(args, _run_root(args))
+    print(submit.describe(plan))
+    if args.dry_run:
+        print("dry run: nothing submitted")
+        return 0
+    submitted, jobs = submit.submit(plan)
+    for run in submitted:
+        verb = "submitted" if args.command == "submit" else "resumed"
+        print(f"{verb} {run.experiment}/{run.name}: job {run.job_id}  (log {run.manifest['job']['log']})")
+    local = plan.profile.executor == "local"
+    if local and not args.detach:
+        print("following the log (Ctrl-C stops the run with a checkpoint)", flush=True)
+        from launcher.localrun import follow_local
+
+        code = follow_local(submitted, jobs)
+        _print_status(plan.run_root, [r.experiment for r in submitted], names={r.name for r in submitted})
+        return code
+    if local:
+        print("running in the background on this machine; `python -m launcher status` shows progress")
+    return 0
+
+
+def _print_status(run_root: Path, experiments: list[str] | None, names: set[str] | None = None,
+                  as_json: bool = False) -> list[dict]:
+    from launcher import gather
+
+    rows = [r for r in gather.collect(run_root, experiments) if names is None or r["run"] in names]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    elif rows:
+        print(gather.table([gather.with_display_fields(r) for r in rows], gather.STATUS_COLUMNS))
+    else:
+        print(f"no runs under {run_root}" + (f" for {', '.join(experiments)}" if experiments else ""))
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launcher.submit import split_list
+
+    names = set(args.runs) if args.runs else None
+    _print_status(_run_root(args), split_list(args.exp) or None, names, args.json)
+    return 0
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    from launcher import gather
+    from launcher.submit import split_list
+
+    run_root = _run_root(args)
+    experiments = split_list(args.exp) or None
+    rows = gather.collect(run_root, experiments)
+    if not args.all:
+        rows = [r for r in rows if r["state"] in gather.TERMINAL]
+    if not rows:
+        raise UserError(f"no finished runs under {run_root}" + (f" for {', '.join(experiments)}" if experiments else "")
+                        + " (--all includes runs still pending or running)")
+    print(gather.table([gather.with_display_fields(r) for r in rows], gather.GATHER_COLUMNS))
+    out = Path(args.out).expanduser().absolute() if args.out else run_root
+    stem = "gather-" + ("-".join(experiments) if experiments else "all")
+    csv_path, json_path = gather.write_outputs(rows, out, stem)
+    for r in rows:
+        if r.get("wandb_sync"):
+            print(f"{r['run']}: W&B offline; upload with: {r['wandb_sync']}")
+    print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from launcher import gather, scheduler
+
+    run_root = _run_root(args)
+    for name in args.runs:
+        for run in runs.find_runs(run_root, name):
+            state = gather.run_state(scheduler.states([run]).get(str(run.dir), {}), run.events())
+            if state not in scheduler.ACTIVE and state not in ("UNKNOWN", "SUBMITTED"):
+                print(f"{run.experiment}/{run.name}: {state}, nothing to cancel")
+                continue
+            how = scheduler.cancel(run)
+            print(f"cancelled {run.experiment}/{run.name} ({how}); it saves a checkpoint if it can")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run = runs.find_run(_run_root(args), args.run)
+    log = Path(run.manifest.get("job", {}).get("log", ""))
+    if not log.is_file():
+        raise UserError(f"run {run.name}: no log yet at {log}")
+    lines = log.read_text(errors="replace").splitlines()
+    print(f"==> {log} <==")
+    print("\n".join(lines[-args.lines:]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run-root", help="where runs live (default: $CYCLEGAN_RUN_ROOT, the profile's run_root, ./runs)")
+        p.add_argument("--cluster", default="auto", help="auto | slurm | local | a profile in slurm/clusters | a YAML path")
+
+    def resources(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--gpus", type=int, help="total GPUs = ranks (0: CPU ranks); default one node / all local GPUs")
+        p.add_argument("--gpus-per-node", type=int, help="override the profile's gpus_per_node")
+        p.add_argument("--cpu-ranks", type=int, help="CPU processes for --gpus 0 (default 1)")
+        p.add_argument("--cpus-per-task", type=int, help="override the profile's cpus_per_task")
+        p.add_argument("--time", help="time limit, SLURM syntax (e.g. 24:00:00); overrides the profile")
+        p.add_argument("--partition", help="override the profile's partition")
+        p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="config overrides for every run, e.g. --set train.steps=2000 data.root=/data/shards")
+        p.add_argument("--detach", action="store_true", help="local executor: do not follow the log")
+        p.add_argument("--dry-run", action="store_true", help="validate and show the plan; submit nothing")
+        common(p)
+        p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("submit", help="validate and queue runs (a job array for a sweep)")
+    p.add_argument("--exp", action="append", required=True, metavar="EXP[,EXP...]",
+                   help="experiments (configs/*.yaml stems, e.g. resnet9,unet) or YAML paths")
+    p.add_argument("--seeds", action="append", metavar="S[,S...]", help="seeds (default: the config's seed)")
+    p.add_argument("--name", help="run name (a prefix within a sweep); default <exp>-s<seed>-<timestamp>")
+    resources(p)
+
+    p = sub.add_parser("resume", help="a new job for a stopped/failed/cancelled run: continues its checkpoints")
+    p.add_argument("run", metavar="RUN")
+    resources(p)
+
+    p = sub.add_parser("status", help="table of runs: job, state, step/total, requeues, last losses")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="only these runs")
+    p.add_argument("--exp", action="append", help="only these experiments")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("gather", help="finished runs -> table + CSV + JSON (metrics, checkpoints, W&B, GPU-hours)")
+    p.add_argument("--exp", action="append", help="only these experiments")
+    p.add_argument("--out", help="directory for gather-<exp>.csv/.json (default: the run root)")
+    p.add_argument("--all", action="store_true", help="include runs still pending or running")
+    common(p)
+    p.set_defaults(func=cmd_gather)
+
+    p = sub.add_parser("cancel", help="stop runs (SIGTERM: they checkpoint if they can); RUN may be an array job id")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    common(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("logs", help="the last lines of a run's job log (task 0)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-n", "--lines", type=int, default=40)
+    common(p)
+    p.set_defaults(func=cmd_logs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

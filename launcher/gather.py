@@ -1,0 +1,232 @@
+"""``status`` and ``gather``: one summary per run from its manifest, job events, metrics, checkpoints, W&B file.
+
+Everything is read from the run directory (plus squeue/sacct for live state), so both work from a fresh
+shell on any login node that sees the run root. ``gather`` writes the table as CSV and JSON too.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from launcher import runs, scheduler
+from launcher.runs import Run
+
+METRICS_FILE = "metrics.jsonl"  # cyclegan_dist.tracking.METRICS_FILE (not imported: it pulls in no torch,
+WANDB_FILE = "wandb-run.json"  # but keep the launcher independent of the training package's internals)
+LOWER_IS_BETTER_PREFIXES = ("loss/", "eval/fid", "eval/mifid")
+HIGHER_IS_BETTER_PREFIXES = ("eval/psnr",)
+BEST_CHECKPOINT_BY = ("eval/mifid", "eval/fid")
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "INTERRUPTED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE", "ENDED", "LOST"}
+
+
+def run_state(sched: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """The scheduler's word while the job is alive; afterwards the run's own record wins for success."""
+    state = sched.get("state")
+    last = events[-1]["event"] if events else None
+    if state in scheduler.ACTIVE:
+        return state
+    if last == "completed":
+        return "COMPLETED"
+    if state == "CANCELLED":
+        return state
+    if last in ("refused", "stopped"):
+        return "INTERRUPTED"  # a complete checkpoint is there: `launcher resume RUN` continues it
+    if state and state not in ("ENDED", "COMPLETED"):
+        return state  # FAILED, CANCELLED, TIMEOUT, ...
+    by_event = {"failed": "FAILED", "requeued": "REQUEUED"}
+    if last in by_event:
+        return by_event[last]
+    if state == "COMPLETED":
+        return "COMPLETED"
+    if last == "start":
+        return "LOST" if state == "ENDED" else "UNKNOWN"
+    return "ENDED" if state == "ENDED" else ("UNKNOWN" if sched else "SUBMITTED")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return runs.read_jsonl(run_dir / METRICS_FILE)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / "complete").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def metric_summary(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Last value of every metric, and the best (value, step) of losses / FID / MiFID (min) and PSNR (max)."""
+    last: dict[str, float] = {}
+    best: dict[str, dict[str, float]] = {}
+    for rec in records:
+        step = rec.get("step")
+        for key, value in rec.items():
+            if key in ("step", "time") or not _is_number(value):
+                continue
+            last[key] = value
+            lower = key.startswith(LOWER_IS_BETTER_PREFIXES)
+            higher = key.startswith(HIGHER_IS_BETTER_PREFIXES) and not key.endswith("_identity")
+            if not (lower or higher):
+                continue
+            old = best.get(key)
+            if old is None or (value < old["value"] if lower else value > old["value"]):
+                best[key] = {"value": value, "step": step}
+    return last, best
+
+
+def wandb_summary(run: Run) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    path = run.dir / WANDB_FILE
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            info = {}
+    wid = info.get("id")
+    mode = info.get("mode") or run.manifest.get("wandb", {}).get("mode")
+    out = {"wandb_id": wid, "wandb_mode": mode, "wandb_url": info.get("url"),
+           "wandb_group": info.get("group") or run.manifest.get("wandb", {}).get("group"),
+           "wandb_project": info.get("project") or run.manifest.get("wandb", {}).get("project"),
+           "wandb_dirs": [], "wandb_sync": None}
+    if wid and mode == "offline":
+        dirs = sorted(glob.glob(str(run.dir / "wandb" / f"offline-run-*-{wid}")))
+        if not dirs and info.get("dir"):
+            dirs = [info["dir"]]
+        out["wandb_dirs"] = dirs
+        out["wandb_sync"] = "wandb sync " + " ".join(dirs) if dirs else None
+    return out
+
+
+def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    events = run.events()
+    records = read_metrics(run.dir)
+    state = run_state(sched, events)
+    last, best = metric_summary(records)
+    total = run.manifest.get("config", {}).get("train", {}).get("steps")
+    ckpts = complete_checkpoints(run.dir)
+    step = max([records[-1].get("step", 0) if records else 0] + [int(c.name.split("-")[1]) for c in ckpts[-1:]])
+    running = state in scheduler.ACTIVE and state not in ("PENDING", "REQUEUED", "REQUEUE_HOLD")
+    spans = runs.attempts(events, [r["time"] for r in records if _is_number(r.get("time"))],
+                          now=now if running else None)
+    wall = sum(end - start for start, end in spans)
+    gpus = run.manifest.get("resources", {}).get("gpus", 0)
+    best_ckpt, best_by = None, None
+    for key in BEST_CHECKPOINT_BY:
+        if key in best:
+            best_by = key
+            target = run.dir / "checkpoints" / f"step-{int(best[key]['step']):08d}"
+            best_ckpt = str(target) if (target / "complete").is_file() else None
+            break
+    marker = run.dir / "checkpoints" / "best"
+    if marker.exists():
+        target = marker.resolve() if marker.is_symlink() or marker.is_dir() else \
+            run.dir / "checkpoints" / marker.read_text().strip()
+        if (target / "complete").is_file():
+            best_ckpt, best_by = str(target), best_by or "checkpoints/best"
+    return {
+        "run": run.name, "experiment": run.experiment, "seed": run.manifest.get("seed"), "state": state,
+        "job_id": run.job_id, "executor": run.executor, "cluster": run.manifest.get("cluster", {}).get("name"),
+        "step": step, "total_steps": total, "requeues": runs.requeue_count(events),
+        "world_size": run.manifest.get("resources", {}).get("world_size"), "gpus": gpus,
+        "attempts": len(spans), "wall_time_s": round(wall, 1), "gpu_hours": round(wall * gpus / 3600, 4),
+        "last": last, "best": best,
+        "latest_checkpoint": str(ckpts[-1]) if ckpts else None, "best_checkpoint": best_ckpt, "best_by": best_by,
+        **wandb_summary(run),
+        "submitted_at": run.manifest.get("submitted_at"), "git_commit": run.manifest.get("git", {}).get("commit"),
+        "git_dirty": run.manifest.get("git", {}).get("dirty"), "run_dir": str(run.dir),
+        "log": run.manifest.get("job", {}).get("log"),
+    }
+
+
+def collect(run_root: Path, experiments: list[str] | None = None) -> list[dict[str, Any]]:
+    found = list(runs.iter_runs(run_root, experiments))
+    info = scheduler.states(found)
+    return [summarize(r, info.get(str(r.dir), {})) for r in found]
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Fixed-width text table; ``columns`` are (header, key) with dotted keys into nested dicts."""
+    def get(row: dict[str, Any], key: str) -> Any:
+        value: Any = row
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    cells = [[h for h, _ in columns]] + [[_fmt(get(r, k)) for _, k in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+STATUS_COLUMNS = [("RUN", "run"), ("EXP", "experiment"), ("JOB", "job_id"), ("STATE", "state"),
+                  ("STEP", "progress"), ("REQUEUES", "requeues"), ("LOSS_G", "last.loss/G"),
+                  ("LOSS_D", "last.loss/D")]
+GATHER_COLUMNS = [("RUN", "run"), ("EXP", "experiment"), ("SEED", "seed"), ("STATE", "state"), ("STEP", "progress"),
+                  ("WALL_H", "wall_h"), ("GPU_H", "gpu_hours"), ("LOSS_G", "last.loss/G"), ("BEST_LOSS_G", "best.loss/G.value"),
+                  ("FID", "last.eval/fid"), ("W&B", "wandb_ref")]
+
+
+def with_display_fields(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["progress"] = f"{row['step']}/{row['total_steps']}" if row.get("total_steps") else str(row["step"])
+    row["wall_h"] = round(row["wall_time_s"] / 3600, 3)
+    row["wandb_ref"] = row.get("wandb_url") or (f"{row['wandb_id']} ({row['wandb_mode']})" if row.get("wandb_id") else None)
+    return row
+
+
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: nested last/best metrics become ``last.loss/G``, ``best.loss/G`` (+ ``best.loss/G.step``)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key == "last":
+            out.update({f"last.{k}": v for k, v in value.items()})
+        elif key == "best":
+            for k, v in value.items():
+                out[f"best.{k}"] = v["value"]
+                out[f"best.{k}.step"] = v["step"]
+        elif isinstance(value, list):
+            out[key] = " ".join(map(str, value))
+        else:
+            out[key] = value
+    return out
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
+    json_path.write_text(json.dumps(rows, indent=1) + "\n")
+    flats = [flat(r) for r in rows]
+    fields: list[str] = []
+    for r in flats:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flats)
+    csv_path.write_text(buf.getvalue())
+    return csv_path, json_path

@@ -1,0 +1,68 @@
+"""The launcher on a machine without SLURM: ``--cluster auto`` picks submitit's LocalExecutor, runs the smoke
+experiment here with two CPU ranks (gloo), follows its log to the end, and ``status`` reads it back from a
+fresh process. PATH holds python alone, so sbatch is out of sight even where SLURM is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=0", "model.ngf=8",
+        "model.ndf=8", "data.num_workers=0", "wandb.mode=offline"]
+
+
+def launcher(*args: str, env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)
+
+
+def test_local_executor_runs_smoke_end_to_end(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    git = shutil.which("git")
+    if git:
+        (bin_dir / "git").symlink_to(git)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env.update({"PATH": str(bin_dir), "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
+    env.pop("CYCLEGAN_CLUSTER", None)
+    out = launcher("submit", "--exp", "smoke", "--gpus", "0", "--cpu-ranks", "2", "--name", "here",
+                   "--set", *TINY, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "cluster local (local), 1 node x 2 CPU ranks (world size 2)" in out.stdout
+    assert "Job completed successfully" in out.stdout  # the job's log, followed to its end
+    run_dir = tmp_path / "runs" / "smoke" / "here"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["cluster"]["executor"] == "local" and manifest["resources"]["world_size"] == 2
+    assert manifest["config"]["train"]["steps"] == 6 and manifest["job"]["id"].isdigit()
+    if git and (ROOT / ".git").exists():
+        assert manifest["git"]["commit"] and isinstance(manifest["git"]["dirty"], bool)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss/G" in r] == [2, 4, 6]
+    assert {r["world_size"] for r in records if "world_size" in r} == {2}
+    assert (run_dir / "checkpoints" / "step-00000006" / "complete").is_file()
+    events = [json.loads(line)["event"] for line in (run_dir / "job-events.jsonl").read_text().splitlines()]
+    assert events == ["start", "completed"]
+
+    status = launcher("status", "--json", env=env, cwd=tmp_path, timeout=60)
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)
+    assert (row["run"], row["state"], row["step"], row["total_steps"], row["requeues"]) == ("here", "COMPLETED", 6, 6, 0)
+    assert row["executor"] == "local" and row["wandb_mode"] == "offline" and row["wandb_sync"].startswith("wandb sync ")
+
+    # a finished run has nothing to resume; asked to train longer, a new job continues its checkpoints
+    again = launcher("resume", "here", env=env, cwd=tmp_path, timeout=60)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr, again.stderr
+    more = launcher("resume", "here", "--set", "train.steps=8", env=env, cwd=tmp_path)
+    assert more.returncode == 0, more.stdout[-4000:] + more.stderr[-4000:]
+    assert f"resumed from {run_dir}/checkpoints/step-00000006 at step 6" in more.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss/G" in r] == [2, 4, 6, 8]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert len(manifest["job_ids"]) == 2 and manifest["config"]["train"]["steps"] == 8

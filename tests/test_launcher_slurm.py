@@ -1,0 +1,313 @@
+"""The launcher against the real single-host test SLURM (slurm/testcluster: 2 fake GPUs, ranks on CPU/gloo).
+
+Real sbatch, real submitit, no mocks. All jobs are queued at once by one module fixture and the tests wait on
+them in turn, so SLURM works while the tests check:
+  ref    2-task smoke job on 2 fake GPUs, uninterrupted
+  rq     the same run, sent USR2 mid-run (checkpoint -> requeue -> resume), then killed with SIGKILL mid-run and
+         requeued by hand (resume from the last periodic checkpoint): its final generators equal ref's, bit for bit
+  arr    a job array of two experiments (the smoke run on a U-Net and on a ResNet), one fake GPU each
+  sb     slurm/templates/train.sbatch (plain sbatch + srun + launcher.job_main)
+Skipped only when sbatch is missing and CYCLEGAN_REQUIRE_SLURM is unset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cyclegan_dist.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
+                                reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure")
+TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
+        "wandb.mode=offline"]
+LONG = ["train.steps=80", "train.checkpoint_every=10", *TINY]  # 0.1-0.3 s a step: room to signal mid-run
+SHORT = ["train.steps=6", "train.checkpoint_every=3", *TINY]
+JOB_TIMEOUT = 300
+SMOKE_GENERATOR = load_config("smoke").model.generator
+
+
+def job_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
+    env.pop("CYCLEGAN_CLUSTER", None)
+    return env
+
+
+def launcher(*args: str, cwd: Path, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
+                          env={**job_env(), **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def sh(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(list(args), check=False, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc.stdout
+
+
+def wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def last_step(run_dir: Path) -> int:
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
+    return records[-1]["step"] if records else 0
+
+
+def events(run_dir: Path) -> list[dict]:
+    return read_jsonl(run_dir / "job-events.jsonl")
+
+
+def squeue_ids() -> set[str]:
+    return set(sh("squeue", "-h", "-r", "-o", "%i").split())
+
+
+def job_ended(job_id: str) -> bool:
+    return job_id not in squeue_ids()
+
+
+def sacct_state(job_id: str) -> str:
+    lines = sh("sacct", "-n", "-X", "-P", "-j", job_id.split("_")[0], "-o", "JobID,State", check=False).split()
+    return next((line.split("|")[1] for line in lines if line.split("|")[0] == job_id), "")
+
+
+def log_of(manifest: dict) -> str:
+    path = Path(manifest["job"]["log"] or "")
+    return path.read_text(errors="replace")[-6000:] if path.is_file() else "(no log)"
+
+
+@pytest.fixture(scope="module")
+def jobs(slurm_cluster, tmp_path_factory):
+    """Queue every job of this module at once; returns their run dirs, manifests and submit times."""
+    work = tmp_path_factory.mktemp("launcher-slurm")
+    root = work / "runs"
+    other = work / "smoke_resnet.yaml"  # the smoke run with the other generator family
+    other.write_text(f"extends: {ROOT / 'configs' / 'smoke.yaml'}\nexperiment: smoke_resnet\nmodel:\n"
+                     f"  generator: {'resnet_6blocks' if SMOKE_GENERATOR.startswith('unet') else 'unet_32'}\n")
+    submitted: dict = {"work": work, "root": root, "t0": {}}
+
+    def submit(key: str, *args: str) -> None:
+        submitted["t0"][key] = time.time()
+        out = launcher("submit", "--run-root", str(root), "--cluster", "testcluster", *args, cwd=work)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    submit("ref", "--exp", "smoke", "--gpus", "2", "--name", "ref", "--set", *LONG)
+    submit("rq", "--exp", "smoke", "--gpus", "2", "--name", "rq", "--set", *LONG)
+    submit("arr", "--exp", f"smoke,{other}", "--gpus", "1", "--name", "arr", "--set", *SHORT)
+    submitted["t0"]["sb"] = time.time()
+    sb_dir = root / "smoke" / "sb"
+    out = subprocess.run(["sbatch", "--parsable", f"--output={work}/sb-%j.out",
+                          str(ROOT / "slurm" / "templates" / "train.sbatch"), "smoke", "--run-dir", str(sb_dir),
+                          "--set", *SHORT], check=False, capture_output=True, text=True, env=job_env(), cwd=work, timeout=60)
+    assert out.returncode == 0, out.stderr
+    submitted["sb_job"] = out.stdout.strip().split(";")[0]
+    for name in ("ref", "rq"):
+        submitted[name] = root / "smoke" / name
+    submitted["arr"] = [root / "smoke" / "arr-smoke-s0", root / "smoke_resnet" / "arr-smoke_resnet-s0"]
+    submitted["sb"] = sb_dir
+    yield submitted
+    leftover = [json.loads((d / "manifest.json").read_text())["job"]["id"]
+                for d in [submitted["ref"], submitted["rq"], *submitted["arr"]] if (d / "manifest.json").is_file()]
+    subprocess.run(["scancel", *leftover, submitted["sb_job"]], check=False, capture_output=True, timeout=60)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def wait_done(run_dir: Path, timeout: float = JOB_TIMEOUT) -> dict:
+    m = manifest(run_dir)
+    try:
+        wait_for(lambda: any(e["event"] == "completed" for e in events(run_dir)) and job_ended(m["job"]["id"]),
+                 f"job {m['job']['id']} ({run_dir.name}) to complete", timeout)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nevents: {events(run_dir)}\nlog:\n{log_of(m)}") from None
+    return m
+
+
+def test_bad_inputs_queue_nothing(jobs, tmp_path):
+    """Every input mistake: one clear line, exit 2, no job in squeue, no run directory."""
+    profile = tmp_path / "broken.yaml"
+    profile.write_text((ROOT / "slurm" / "clusters" / "testcluster.yaml").read_text().replace("partition: debug\n", ""))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    cases = [
+        (["--exp", "nope"], {}, "one of the experiments: "),
+        (["--exp", "smoke", "--set", "data.root=/no/shards"], {}, "the shard root does not exist"),
+        (["--exp", "smoke", "--gpus", "3"], {}, "--gpus 3 does not fill whole nodes of 2 GPUs"),
+        (["--exp", "smoke", "--cluster", str(profile)], {}, "missing key(s) partition"),
+        (["--exp", "smoke", "--cluster", "slurm"], {"PATH": str(bin_dir)}, "--cluster slurm: sbatch/srun not found"),
+        (["--exp", "smoke", "--cluster", "local", "--gpus", "2"], {"CUDA_VISIBLE_DEVICES": ""}, "this machine has 0 CUDA GPUs"),
+        # valid arithmetic, but the test cluster has one node: sbatch itself refuses, and nothing is queued
+        (["--exp", "smoke", "--gpus", "4"], {}, "sbatch refused the job"),
+    ]
+    before = squeue_ids()
+    root = tmp_path / "runs"
+    for args, env, message in cases:
+        args = args if "--cluster" in args else [*args, "--cluster", "testcluster"]
+        out = launcher("submit", "--run-root", str(root), *args, "--set", *SHORT, cwd=tmp_path, env=env)
+        assert out.returncode == 2, f"{args}: {out.stdout}{out.stderr}"
+        assert out.stderr.startswith("error: ") and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not squeue_ids() - before, "a bad input queued a job"
+    assert not list(root.glob("*/*/manifest.json")), "a bad input left a run behind"
+
+
+def test_two_task_smoke_job_on_two_fake_gpus(jobs):
+    run_dir = jobs["ref"]
+    m = wait_done(run_dir)
+    assert m["resources"] == {"gpus": 2, "nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2, "cpus_per_task": 1,
+                              "world_size": 2}
+    assert m["cluster"]["name"] == "testcluster" and m["job"]["id"].isdigit()
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
+    assert records[-1]["step"] == 80 and {r["world_size"] for r in records} == {2}
+    ev = events(run_dir)
+    assert [e["event"] for e in ev] == ["start", "completed"] and ev[0]["world_size"] == 2
+    wait_for(lambda: sacct_state(m["job"]["id"]) == "COMPLETED", "sacct to say COMPLETED", 60)
+    start, done = ev[0]["time"], ev[-1]["time"]
+    submit_, begin, end = sh("sacct", "-n", "-X", "-P", "-j", m["job"]["id"], "-o", "Submit,Start,End").split("|")
+    print(f"\nsmoke job (2 tasks, 80 steps): sacct submit {submit_} start {begin} end {end.strip()}; "
+          f"launcher submit -> training process up {start - jobs['t0']['ref']:.1f} s, -> done {done - start:.1f} s")
+
+
+def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
+    run_dir, ref = jobs["rq"], jobs["ref"]
+    m = manifest(run_dir)
+    job = m["job"]["id"]
+    # 1. preemption/time limit: USR2 to the tasks mid-run -> all ranks checkpoint -> rank 0 requeues
+    wait_for(lambda: last_step(run_dir) >= 6, "the run to pass step 6", timeout=JOB_TIMEOUT)
+    t_signal = time.time()
+    sh("scancel", "--signal=USR2", job)
+    wait_for(lambda: any(e["event"] == "requeued" for e in events(run_dir)), "the job to requeue itself", 120)
+    stopped = next(e for e in events(run_dir) if e["event"] == "stopped")
+    assert stopped["signals"] == ["SIGUSR2"] and 6 <= stopped["step"] < 80
+    assert (run_dir / "checkpoints" / f"step-{stopped['step']:08d}" / "complete").is_file()
+    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in events(run_dir)),
+             "the requeued job to start again")
+    t_restart = next(e["time"] for e in events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
+    # 2. killed without warning (SIGKILL to every task), requeued by hand: resumes from the last periodic checkpoint
+    wait_for(lambda: last_step(run_dir) >= 22, "the resumed run to pass step 22")
+    pids = [int(line.split()[0]) for line in sh("scontrol", "listpids", job).splitlines()[1:] if line.split()]
+    tasks = [p for p in pids if "submitit.core._submit" in _cmdline(p) and "srun" not in _cmdline(p).split("\0")[0]]
+    assert len(tasks) == 2, pids
+    for pid in tasks:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: job not in squeue_ids() or _squeue_state(job) not in ("RUNNING", "COMPLETING"),
+             "the killed job to end", 60)
+    sh("scontrol", "requeue", job)
+    wait_done(run_dir)
+    ev = events(run_dir)
+    assert [e["event"] for e in ev] == ["start", "stopped", "requeued", "start", "start", "completed"], ev
+    assert [e["restart_count"] for e in ev if e["event"] == "start"] == [0, 1, 2]
+    log = Path(m["job"]["log"]).read_text()
+    resumed = [int(s) for s in re.findall(r"resumed from \S+/step-(\d{8}) at step", log)]
+    assert resumed[0] == stopped["step"] and resumed[1] >= 20 and resumed[1] % 10 == 0, resumed  # a periodic one
+    # same world size, same generators as the uninterrupted run: bit for bit
+    wait_done(ref)
+    for name in ("G_A.safetensors", "G_B.safetensors"):
+        a = (ref / "checkpoints" / "step-00000080" / name).read_bytes()
+        b = (run_dir / "checkpoints" / "step-00000080" / name).read_bytes()
+        assert a == b, f"{name} differs from the uninterrupted run"
+    print(f"\nrequeue cycle: USR2 -> requeued {stopped['time'] - t_signal:.1f} s, "
+          f"USR2 -> running again {t_restart - t_signal:.1f} s")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _squeue_state(job: str) -> str:
+    return sh("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
+
+
+def test_job_array_of_two_experiments(jobs):
+    dirs = jobs["arr"]
+    ms = [wait_done(d) for d in dirs]
+    ids = [m["job"]["id"] for m in ms]
+    array = ms[0]["job"]["array_job_id"]
+    assert array and ids == [f"{array}_0", f"{array}_1"], ids  # one sbatch, one array
+    assert [m["experiment"] for m in ms] == ["smoke", "smoke_resnet"]
+    generators = [m["config"]["model"]["generator"] for m in ms]
+    assert generators[0] == SMOKE_GENERATOR and {g.split("_")[0] for g in generators} == {"resnet", "unet"}
+    for d in dirs:
+        records = [r for r in read_jsonl(d / "metrics.jsonl") if "loss/G" in r]
+        assert records[-1]["step"] == 6 and {r["world_size"] for r in records} == {1}
+    for job_id in ids:
+        wait_for(lambda job_id=job_id: sacct_state(job_id) == "COMPLETED", f"sacct to say {job_id} COMPLETED", 60)
+
+
+def test_sbatch_template_runs_two_tasks(jobs):
+    run_dir = jobs["sb"]
+    job = jobs["sb_job"]
+    wait_for(lambda: job_ended(job) and (run_dir / "manifest.json").is_file(), f"template job {job} to end")
+    out = (jobs["work"] / f"sb-{job}.out").read_text()
+    assert any(e["event"] == "completed" for e in events(run_dir)), out[-4000:]
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
+    assert records[-1]["step"] == 6 and {r["world_size"] for r in records} == {2}
+    m = manifest(run_dir)
+    assert m["job"]["id"] == job and m["resources"]["world_size"] == 2 and m["resources"]["gpus"] == 2
+
+
+def test_status_and_gather_from_a_fresh_process(jobs, tmp_path):
+    root = jobs["root"]
+    for d in [jobs["ref"], jobs["rq"], *jobs["arr"]]:
+        wait_done(d)
+    wait_for(lambda: job_ended(jobs["sb_job"]), "the template job to end")
+    status = launcher("status", "--run-root", str(root), cwd=tmp_path)  # another directory, a new process
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].split() == ["RUN", "EXP", "JOB", "STATE", "STEP", "REQUEUES", "LOSS_G", "LOSS_D"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"ref", "rq", "arr-smoke-s0", "arr-smoke_resnet-s0", "sb"}
+    assert rows["rq"][3:6] == ["COMPLETED", "80/80", "2"] and rows["ref"][3:6] == ["COMPLETED", "80/80", "0"]
+    assert all(r[3] == "COMPLETED" for r in rows.values())
+
+    out_dir = tmp_path / "out"
+    gathered = launcher("gather", "--run-root", str(root), "--exp", "smoke", "--out", str(out_dir), cwd=tmp_path)
+    assert gathered.returncode == 0, gathered.stderr
+    assert "wandb sync " in gathered.stdout
+    table = json.loads((out_dir / "gather-smoke.json").read_text())
+    assert {r["run"] for r in table} == {"ref", "rq", "arr-smoke-s0", "sb"}
+    rq = next(r for r in table if r["run"] == "rq")
+    assert rq["requeues"] == 2 and rq["attempts"] == 3 and rq["step"] == 80 and rq["world_size"] == 2
+    assert rq["wall_time_s"] > 0 and rq["gpu_hours"] == pytest.approx(rq["wall_time_s"] * 2 / 3600, abs=1e-3)
+    assert rq["latest_checkpoint"].endswith("step-00000080") and Path(rq["latest_checkpoint"], "G_A.safetensors").is_file()
+    assert rq["last"]["loss/G"] > 0 and rq["best"]["loss/G"]["value"] <= rq["last"]["loss/G"]
+    assert rq["wandb_mode"] == "offline" and len(rq["wandb_dirs"]) == 3  # one W&B run id, one offline dir per attempt
+    assert all(Path(d).is_dir() and d.endswith(rq["wandb_id"]) for d in rq["wandb_dirs"])
+    csv = (out_dir / "gather-smoke.csv").read_text().splitlines()
+    assert len(csv) == 5 and "last.loss/G" in csv[0] and "gpu_hours" in csv[0]
