@@ -39,7 +39,7 @@ def tiny(seed: int, name: str = "resnet_6blocks", in_nc: int = 3, out_nc: int = 
 def write_checkpoint(run_dir: Path, step: int, G_A, G_B, overrides=()) -> Path:
     d = run_dir / "checkpoints" / f"step-{step:08d}"
     d.mkdir(parents=True)
-    write_config(load_config("smoke", [f"model.ngf={NGF}", *overrides]), d / "config.yaml")
+    write_config(load_config("smoke", ["model.generator=resnet_6blocks", f"model.ngf={NGF}", *overrides]), d / "config.yaml")
     save_file({k: v.contiguous() for k, v in G_A.state_dict().items()}, str(d / "G_A.safetensors"))
     save_file({k: v.contiguous() for k, v in G_B.state_dict().items()}, str(d / "G_B.safetensors"))
     torch.save({"step": step}, d / "state.pt")
