@@ -1,4 +1,4 @@
-"""Submit CycleGAN runs to SLURM (or this machine) with submitit; status, gather, cancel.
+"""Submit CycleGAN runs to SLURM (or this machine) with submitit; status, gather, cancel, collect, report.
 
   python -m launcher submit --exp resnet9 --gpus 8
   python -m launcher submit --exp resnet9,unet --seeds 0,1,2 --gpus 16 --cluster mycluster --time 24:00:00
@@ -6,6 +6,8 @@
   python -m launcher status
   python -m launcher gather --exp resnet9
   python -m launcher cancel RUN
+  python -m launcher collect --exp resnet9,unet        # best checkpoints -> submissions/<exp>-<run>.zip, checked
+  python -m launcher report --exp resnet9,unet         # reports/resnet9_vs_unet/report.md, grid.png, curves.png
 
 GPUs: one task (rank) per GPU; --gpus N fills nodes of the profile's gpus_per_node (N must fill whole nodes).
 Default: one full node on SLURM; on this machine all its CUDA GPUs, or one CPU rank when it has none.
@@ -133,6 +135,26 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from launcher import collect
+    from launcher.submit import split_list
+
+    return collect.collect_submissions(
+        _run_root(args), split_list(args.exp) or None, split_list(args.runs) or None, photos=args.photos,
+        out_dir=Path(args.out).expanduser().absolute(), here=args.here, on_cluster=args.on_cluster,
+        cluster=args.cluster, limit=args.limit, batch_size=args.batch_size, time_limit=args.time)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from launcher import report
+    from launcher.submit import split_list
+
+    path = report.make_report(_run_root(args), split_list(args.exp) or None, split_list(args.runs) or None,
+                              args.name, Path(args.out).expanduser().absolute())
+    print(f"wrote {path} and {path.parent / 'grid.png'}, {path.parent / 'curves.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,6 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN")
     common(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("collect", help="finished runs' best generators -> checked Kaggle submission zips")
+    p.add_argument("--exp", action="append", metavar="EXP[,EXP...]", help="experiments (default: all)")
+    p.add_argument("--run", dest="runs", nargs="+", action="extend", metavar="RUN",
+                   help="only these runs (also a failed/stopped run that has a complete checkpoint)")
+    p.add_argument("--photos", metavar="SHARDS|DIR|ZIP",
+                   help="photos to translate (default: the run's photo domain, data.root + data.domain_a)")
+    p.add_argument("--out", default="submissions", help="directory for <exp>-<run>.zip (default: ./submissions)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--here", action="store_true", help="export on this machine (default without sbatch, "
+                       "or for runs that ran here)")
+    where.add_argument("--on-cluster", action="store_true", help="export as a 1-GPU job on the run's SLURM profile "
+                       "(default for SLURM runs where sbatch exists; --cluster NAME picks another profile)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N photos (a quick test)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    p.add_argument("--time", default="01:00:00", help="time limit of an export job (default 01:00:00)")
+    common(p)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("report", help="finished runs -> report.md (table, winner), grid.png, curves.png")
+    p.add_argument("--exp", action="append", metavar="EXP[,EXP...]", help="experiments to compare (default: all)")
+    p.add_argument("--run", dest="runs", nargs="+", action="extend", metavar="RUN", help="only these runs")
+    p.add_argument("--name", help="report name (default: the experiments joined by _vs_)")
+    p.add_argument("--out", default="reports", help="directory for <name>/ (default: ./reports)")
+    common(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("logs", help="the last lines of a run's job log (task 0)")
     p.add_argument("run", metavar="RUN")

@@ -134,7 +134,8 @@ def _curves(runs: list[RunSummary], path: Path) -> Path:
         for run in runs:
             points = [(r["step"], r[key]) for r in run.metrics if key in r]
             if points:
-                ax.plot(*zip(*points), marker="o" if key.startswith("eval/") else None, markersize=3, label=run.name)
+                marker = "o" if key.startswith("eval/") or len(points) == 1 else None
+                ax.plot(*zip(*points), marker=marker, markersize=3, label=run.name)
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -1,0 +1,163 @@
+"""``launcher collect`` and ``launcher report`` on two real smoke-size runs (ResNet-9 vs U-Net, real Inception
+FID/MiFID at the end), submitted through ``launcher submit --cluster local``. No mocks.
+
+The runs are submitted one after the other so that the first computes the real statistics of the demo paintings
+(cached under $CYCLEGAN_DIST_CACHE, shared with the other tests) and the second reads them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["train.steps=4", "train.log_every=2", "model.ngf=8", "model.ndf=8", "eval.num_photos=8", "data.num_workers=0",
+        "train.sample_every=0", "wandb.mode=disabled"]
+RUNS = {"r9": "resnet9-small", "un": "unet-small"}  # run name -> experiment
+
+
+def job_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
+                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
+    for key in ("CYCLEGAN_CLUSTER", "CYCLEGAN_RUN_ROOT"):
+        env.pop(key, None)
+    return env
+
+
+def launcher(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
+                          env=job_env(), cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("collect-report")
+    for name, exp in RUNS.items():
+        t0 = time.monotonic()
+        out = launcher("submit", "--exp", exp, "--cluster", "local", "--gpus", "0", "--name", name, "--set", *TINY,
+                       cwd=work, timeout=600)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        print(f"{exp} run: {time.monotonic() - t0:.0f} s")
+    return work
+
+
+def best_mifid(run_dir: Path) -> float:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return min(r["eval/mifid"] for r in records if "eval/mifid" in r)
+
+
+def test_collect_here_writes_checked_zips(work):
+    from cyclegan_dist.eval.submission import check_submission
+
+    out = launcher("collect", "--exp", ",".join(RUNS.values()), "--here", "--limit", "12", cwd=work)
+    assert out.returncode == 0, out.stdout + out.stderr
+    print(out.stdout, out.stderr)
+    sub = work / "submissions"
+    zips = sorted(p.name for p in sub.iterdir())
+    assert zips == sorted(f"{exp}-{name}.zip" for name, exp in RUNS.items())  # no temporary file left over
+    for name, exp in RUNS.items():
+        row = next(line for line in out.stdout.splitlines() if line.startswith(f"{name} "))
+        ckpt = (work / "runs" / exp / name / "checkpoints" / "best").read_text().strip()
+        assert ckpt == "step-00000004"
+        assert row.split()[1:] == [exp, "here", ckpt, "(best)", "12", "yes,", "count", "warning", str(sub / f"{exp}-{name}.zip")]
+        assert f"warning: {exp}/{name}: 12 images; Kaggle wants 7000-10000" in out.stderr
+        path = sub / f"{exp}-{name}.zip"
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            assert len(names) == len(set(names)) == 12 and all("/" not in n and n.endswith(".jpg") for n in names)
+            for n in names:
+                with Image.open(io.BytesIO(z.read(n))) as im:
+                    assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (256, 256))
+        report = check_submission(path)
+        assert not report.bad and report.n_good == 12
+        assert report.problems == ["12 files; Kaggle wants between 7000 and 10000"]
+
+
+def test_report_table_winner_grid_curves(work):
+    out = launcher("report", "--exp", ",".join(RUNS.values()), cwd=work)
+    assert out.returncode == 0, out.stdout + out.stderr
+    folder = work / "reports" / "resnet9-small_vs_unet-small"
+    text = (folder / "report.md").read_text()
+    print(text)
+    number = r"[\d,]+\.\d"
+    for name, exp, generator in (("r9", "resnet9-small", "resnet_9blocks"), ("un", "unet-small", "unet_32")):
+        cells = next(line for line in text.splitlines() if line.startswith(f"| {name} |")).strip("|").split("|")
+        cells = [c.strip() for c in cells]
+        assert cells[:3] == [name, exp, generator] and cells[4] == "4"
+        assert re.fullmatch(r"[\d.]+", cells[5]), cells  # GPU-hours (rank-hours here) from the launcher
+        fid, mifid = cells[7:9]
+        assert re.fullmatch(number, fid) and re.fullmatch(number, mifid), cells
+        assert float(mifid.replace(",", "")) == pytest.approx(best_mifid(work / "runs" / exp / name), abs=0.06)
+    scores = {exp: best_mifid(work / "runs" / exp / name) for name, exp in RUNS.items()}
+    winner = min(scores, key=scores.get)
+    assert f"**Winner: {winner} (" in text and "seed-to-seed spread is unknown" in text
+    assert out.stdout.startswith(f"winner: {winner} (")
+    with Image.open(folder / "grid.png") as grid:
+        assert grid.format == "PNG"  # 6 photos a row, 128 px tiles, 2 px padding; rows: photos + one per run
+        assert grid.size == (6 * 130 + 2, (1 + len(RUNS)) * 130 + 2)
+        grid.load()
+    with Image.open(folder / "curves.png") as curves:
+        assert curves.format == "PNG" and curves.size[0] > 3 * curves.size[1]  # four panels side by side
+        curves.load()
+
+
+def test_winner_over_seeds():
+    from cyclegan_dist.eval.report import RunSummary
+    from launcher.report import winner_section
+
+    def runs(exp: str, generator: str, mifids: list) -> list:
+        return [RunSummary(f"{exp}-s{i}", exp, Path("."), generator=generator, fid=m, mifid=m) for i, m in enumerate(mifids)]
+
+    lines, verdict = winner_section(runs("a", "resnet_9blocks", [10, 12, 14]) + runs("b", "unet_256", [20, 22]), ["a", "b"])
+    assert verdict == "winner: a (resnet_9blocks), MiFID 12.0 ± 2.0 vs b (unet_256) 21.0 ± 1.4"
+    assert "| a | resnet_9blocks | 3 | 3 | 12.0 ± 2.0 | 12.0 ± 2.0 |" in lines
+    _, verdict = winner_section(runs("a", "g1", [10, 30]) + runs("b", "g2", [15, 16]), ["a", "b"])
+    assert verdict.startswith("winner: b (g2)") and "within one standard deviation: not conclusive" in verdict
+    _, verdict = winner_section(runs("a", "g1", [None]) + runs("b", "g2", [None]), ["a", "b"])
+    assert verdict.startswith("no winner")
+
+
+def test_bad_inputs_one_error_line(work, tmp_path):
+    cases = [(("collect", "--exp", "nosuch", "--here", "--out", str(tmp_path / "s")), "error: unknown experiment 'nosuch'; known: "),
+             (("report", "--exp", "smoke", "--out", str(tmp_path / "r")), "error: no finished run of smoke under "),
+             (("collect", "--exp", "resnet9-small", "--run", "nope", "--out", str(tmp_path / "s")), "error: --run nope: no such run"),
+             (("collect", "--photos", str(tmp_path / "missing"), "--out", str(tmp_path / "s")), "error: image source not found")]
+    for args, message in cases:
+        out = launcher(*args, cwd=work, timeout=60)
+        assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1, (args, out.stderr)
+    empty = launcher("report", cwd=tmp_path, timeout=60)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no finished run under "), empty.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
+                    reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure")
+def test_collect_on_cluster_as_a_one_gpu_job(work, slurm_cluster):
+    out = launcher("collect", "--run", "r9", "--on-cluster", "--cluster", "testcluster", "--limit", "4",
+                   "--out", "on-cluster", cwd=work)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = re.search(r"submitted export of resnet9-small/r9: job (\d+) on testcluster", out.stdout)
+    assert job, out.stdout
+    assert f"job {job.group(1)}" in out.stdout.splitlines()[-1]
+    deadline = time.monotonic() + 60
+    while True:  # the accounting record may lag behind the job's end
+        tres = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job.group(1), "-o", "State,AllocTRES"], check=False,
+                              capture_output=True, text=True, timeout=60).stdout
+        if "COMPLETED" in tres or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "COMPLETED" in tres and "gres/gpu=1" in tres, tres
+    with zipfile.ZipFile(work / "on-cluster" / "resnet9-small-r9.zip") as z:
+        assert len(z.namelist()) == 4
