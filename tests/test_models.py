@@ -280,3 +280,24 @@ def test_bad_sizes_raise_user_error() -> None:
         build_generator("resnet_6blocks", ngf=0)
     with pytest.raises(UserError, match="n_layers"):
         build_discriminator("n_layers", n_layers=0)
+
+
+def test_instance_norm_gradient_is_right_for_channels_last_at_batch_one():
+    """torch's CPU instance_norm backward is wrong for a channels_last gradient at batch 1; ours is not."""
+    from cyclegan_dist.models.generators import InstanceNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(1, 16, 8, 8)
+    norm = InstanceNorm2d(16, affine=False, track_running_stats=False)
+    (expected,) = torch.autograd.grad(norm(x), x, g)
+    (got,) = torch.autograd.grad(norm(x), x, g.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-6)
+    net = build_generator("resnet_6blocks", ngf=4)
+    inp = torch.randn(1, 3, 16, 16)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net.zero_grad()
+        net.to(memory_format=fmt)(inp.contiguous(memory_format=fmt)).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)

@@ -43,6 +43,23 @@ NormFactory = Callable[[int], nn.Module]
 _LEGACY_INSTANCE_NORM_KEYS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity forward; makes the incoming gradient contiguous in backward.
+
+    torch 2.14's CPU ``instance_norm`` backward is wrong when the gradient arriving at its output is
+    channels_last and the batch holds one image (the reference default): ~100% gradient error. Feeding it a
+    contiguous gradient is exact. Used only on the CPU with a channels_last input (it costs one copy).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()  # not a view: the next layer's ReLU works in place
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class InstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` that ignores running-statistics entries when it does not track them.
 
@@ -52,6 +69,12 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     this does the same here, so such files load with ``strict=True``. The entries are meaningless
     for a layer that always normalises with the statistics of its input.
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if x.device.type == "cpu" and x.requires_grad and not x.is_contiguous():
+            y = _ContiguousGrad.apply(y)
+        return y
 
     def _load_from_state_dict(
         self,

@@ -33,7 +33,8 @@ class DataSetup:
     psnr_identity: float | None  # PSNR(x, T(x)): what doing nothing scores
 
     def loader(self, start_sample: int):
-        return make_loader(self.dataset, self.batch_size, start_sample=start_sample, num_workers=self.num_workers)
+        return make_loader(self.dataset, self.batch_size, start_sample=start_sample, num_workers=self.num_workers,
+                           pin_memory=torch.cuda.is_available())
 
     def skipped(self) -> int:
         return int(getattr(self.dataset, "skipped", 0))

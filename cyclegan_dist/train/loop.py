@@ -173,7 +173,7 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
             tracker.log_image(step, "samples", path)
             if data.eval_pairs is not None:  # demo data: translation quality against the known transform
                 tracker.log(step, {"eval/psnr": data.psnr(gens_plain.G_A, device, accelerator.autocast)})
-        stop = runtime.stop_requested(accelerator) or (stop_after is not None and step - result["start_step"] >= stop_after)
+        stop = runtime.stop_requested(accelerator, step) or (stop_after is not None and step - result["start_step"] >= stop_after)
         evaluate = evaluator is not None and ((e.every and step % e.every == 0) or (e.at_end and step == t.steps))
         if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop or evaluate:
             result["checkpoint"] = str(save(step))

@@ -30,11 +30,17 @@ def clear_stop() -> None:
     _STOP.clear()
 
 
-def stop_requested(accelerator) -> bool:
-    """True on every rank as soon as any rank was asked to stop (one tiny all-reduce when distributed)."""
+STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (each check is a host-device sync)
+
+
+def stop_requested(accelerator, step: int) -> bool:
+    """True on every rank, at the same step, once any rank was asked to stop (a tiny all-reduce every
+    STOP_CHECK_EVERY steps when distributed; a SLURM warning comes minutes before the end)."""
     flag = _STOP.is_set()
     if accelerator.num_processes == 1:
         return flag
+    if step % STOP_CHECK_EVERY:
+        return False
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
@@ -101,6 +107,8 @@ def _read_ds_config(path: str, train: TrainConfig) -> dict:
 
 def _check_precision(train: TrainConfig) -> bool:
     cpu = not torch.cuda.is_available()
+    if not cpu:
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick the fastest kernels (as the reference)
     if train.mixed_precision == "fp16" and cpu:
         raise UserError(
             "train.mixed_precision=fp16 needs a CUDA GPU; on the CPU PyTorch would silently run fp32. "

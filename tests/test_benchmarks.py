@@ -1,0 +1,122 @@
+"""CI smoke of the benchmarks: each runs end to end at a tiny size (``--quick``) and prints its table.
+
+These assert the tables' structure and the math checks, never speed (CI machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from helpers import ROOT, _env, run_cli
+
+
+def table(stdout: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    """The Markdown table whose header starts with ``| first_header``: (headers, rows)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header}"))
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    headers = split(lines[start])
+    assert set(lines[start + 1]) <= set("|-"), lines[start + 1]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(split(line))
+    assert rows and all(len(r) == len(headers) for r in rows)
+    return headers, rows
+
+
+def bench(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_cli(*args, module=module, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------- in-process
+
+
+def test_variant_names_and_ratios():
+    from benchmarks.common import Ratio, interleaved, markdown_table
+    from benchmarks.step import Variant
+
+    v = Variant.parse("bf16+cl+compile")
+    assert (v.precision, v.channels_last, v.compile, v.cudnn) == ("bf16", True, True, False)
+    assert v.name == "bf16+cl+compile" and Variant.parse("fp32").name == "fp32"
+    with pytest.raises(SystemExit):
+        Variant.parse("fp8+cl")
+    with pytest.raises(SystemExit):
+        Variant.parse("bf16+fast")
+    order = []
+    interleaved({"a": lambda: order.append("a") or 1.0, "b": lambda: order.append("b") or 1.0}, 4)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]  # the order rotates every repetition
+    r = Ratio.of([2.0, 4.0, 3.0], [1.0, 2.0, 3.0])
+    assert (r.median, r.low, r.high) == (2.0, 1.0, 2.0)
+    assert markdown_table(["x", "yy"], [[1, 2]]).splitlines()[1] == "|---|----|"
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_step_quick(tmp_path):
+    from benchmarks.step import HEADERS
+
+    out = bench("benchmarks.step", "--quick", "--threads", "1", "--model", "resnet9,unet", "--variants", "fp32,bf16+cl",
+                "--json", tmp_path / "step.json")
+    headers, rows = table(out.stdout, "model")
+    assert headers == HEADERS
+    assert [(r[0], r[5]) for r in rows] == [("resnet9", "fp32"), ("resnet9", "bf16+cl"), ("unet", "fp32"), ("unet", "bf16+cl")]
+    for r in rows:
+        assert float(r[headers.index("ratio")]) > 0 and float(r[headers.index("ours img/s")]) > 0
+    assert "goal fp32 ours/ref" in out.stdout
+    data = json.loads((tmp_path / "step.json").read_text())
+    assert data["benchmark"] == "step" and data["machine"]["torch"] and "--quick" in data["command"]
+    for row in data["rows"]:
+        assert row["flops_per_step"] > 0
+        if row["variant"] == "fp32":  # our step and the reference step are the same math: the same losses
+            assert row["loss_rel_diff"] < 1e-5, row
+        else:
+            assert row["cl_grad_err"] is not None and row["nchw_grad_err"] < 1e-2
+
+
+def test_overhead_quick(tmp_path):
+    from benchmarks.overhead import HEADERS
+
+    out = bench("benchmarks.overhead", "--quick", "--threads", "1", "--json", tmp_path / "overhead.json")
+    headers, rows = table(out.stdout, "arm")
+    assert headers == HEADERS
+    assert [r[0] for r in rows] == ["ours", "bare-ref", "bare-step"]
+    assert rows[1][headers.index("vs bare-ref")] == "1.000"
+    assert "goal framework overhead <= 3%" in out.stdout
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    assert all(len(r["per_step_s"]) == 2 for r in data["rows"])  # --quick: 2 repetitions
+
+
+def test_loader_quick(tmp_path):
+    from benchmarks.loader import HEADERS
+
+    out = bench("benchmarks.loader", "--quick", "--threads", "1", "--data-dir", tmp_path / "data",
+                "--json", tmp_path / "loader.json")
+    headers, rows = table(out.stdout, "data")
+    assert headers == HEADERS
+    assert [(r[0], r[2]) for r in rows] == [("kaggle", "0"), ("kaggle", "1"), ("large", "0"), ("large", "1")]
+    assert "goal >= 3x (kaggle)" in out.stdout and "feeding: at" in out.stdout
+    data = json.loads((tmp_path / "loader.json").read_text())
+    assert set(data["feeding"]["per_core"]) == {"kaggle", "large"}
+    assert (tmp_path / "data" / "large" / "shards" / "index.json").is_file()
+
+
+def test_gpu_script_quick_on_cpu(tmp_path):
+    """benchmarks/gpu.sh --quick: every section runs on the CPU and lands in the results file."""
+    results = tmp_path / "RESULTS.md"
+    out = subprocess.run(["bash", "benchmarks/gpu.sh", "--quick", "--out", str(tmp_path / "out"), "--results", str(results)],
+                         capture_output=True, text=True, cwd=ROOT, env=_env(None), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = results.read_text()
+    assert text.lstrip().startswith("# gpu.sh --quick")
+    for title in ("## Training step", "## Data loading", "## Framework overhead"):
+        assert text.count(title) >= 1, title
+    assert "FAILED" not in text and "skipped" not in text
+    for name in ("step-fp32", "step-fast", "loader", "overhead"):
+        assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["rows"]
+    assert not (ROOT / "benchmarks" / "RESULTS.md").read_text().count(str(tmp_path))  # --quick never writes there
