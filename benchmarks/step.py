@@ -55,7 +55,7 @@ class Variant:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
-    cudnn: bool = False  # force torch.backends.cudnn.benchmark on for ours (the training code does not set it)
+    cudnn: bool = False  # force torch.backends.cudnn.benchmark on for ours (make_accelerator sets it on CUDA)
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
@@ -413,7 +413,7 @@ def main(argv=None) -> int:
         "~1e-2); far above the bracket (~0.1-1) means a wrong backward kernel, as torch 2.14's CPU instance_norm "
         "at batch 1",
         "cuDNN autotuning (torch.backends.cudnn.benchmark): the reference turns it on; ours uses what the training "
-        "code sets (it sets nothing: off) unless the variant has +cudnn; the flag is set per arm before each step",
+        "code sets (on, on CUDA) unless the variant has +cudnn; the flag is set per arm before each step",
     ]
     if peak:
         report.notes.append(f"MFU against a peak of {peak / 1e12:.0f} TFLOP/s")
