@@ -93,7 +93,15 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
 
     cfg = from_dict(config, where=f"{run_dir}/manifest.json")
     validate(cfg)
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and "OMP_NUM_THREADS" not in os.environ:  # one thread per CPU the task was given, not per core
+        os.environ["OMP_NUM_THREADS"] = cpus  # (oversubscribed CPU threads slow a step 10x or more)
     from cyclegan_dist.entry import request_stop, run  # torch loads here
+
+    if cpus and os.environ["OMP_NUM_THREADS"] == cpus:
+        import torch
+
+        torch.set_num_threads(int(cpus))
 
     signals = StopSignals(request_stop)
     run_dir.mkdir(parents=True, exist_ok=True)
