@@ -122,27 +122,16 @@ class Ours:
 def build_ours(config) -> Ours:
     """Everything ``cyclegan_dist.train.loop.train`` does before its first step that matters for speed,
     in the same order (fresh run: no resume, one process or one rank)."""
-    from cyclegan_dist.image_pool import ImagePool
     from cyclegan_dist.train import runtime
-    from cyclegan_dist.train.modules import build_pairs
-    from cyclegan_dist.train.schedule import scaled_lr
+    from cyclegan_dist.train.build import build_networks
     from cyclegan_dist.train.step import StepParts, train_step
 
     t = config.train
     accelerator = runtime.make_accelerator(t)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    gens, discs = build_pairs(config.model, config.seed)
-    memory = torch.channels_last if t.channels_last else torch.contiguous_format
-    gens.to(memory_format=memory)
-    discs.to(memory_format=memory)
-    if t.compile:
-        for net in (gens.G_A, gens.G_B, discs.D_A, discs.D_B):
-            net.compile()
-    base_lr = scaled_lr(t.lr, t.lr_scaling, world)
-    opt_G = torch.optim.Adam(gens.parameters(), lr=base_lr, betas=(t.beta1, t.beta2))
-    opt_D = torch.optim.Adam(discs.parameters(), lr=base_lr, betas=(t.beta1, t.beta2))
-    pool_A = ImagePool(config.loss.pool_size, seed=config.seed * 1000 + 2 * rank)
-    pool_B = ImagePool(config.loss.pool_size, seed=config.seed * 1000 + 2 * rank + 1)
+    nets = build_networks(config, rank, world)
+    gens, discs, opt_G, opt_D, pool_A, pool_B = nets.gens, nets.discs, nets.opt_G, nets.opt_D, nets.pool_A, nets.pool_B
+    memory = nets.memory_format
     gens, discs, opt_G, opt_D = accelerator.prepare(gens, discs, opt_G, opt_D)
     gens_plain, discs_plain = accelerator.unwrap_model(gens), accelerator.unwrap_model(discs)
     parts = StepParts(gens, discs, discs_plain, opt_G, opt_D, pool_A, pool_B, config.loss,

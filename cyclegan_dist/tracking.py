@@ -25,8 +25,9 @@ METRICS_FILE = "metrics.jsonl"
 WANDB_FILE = "wandb-run.json"
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a line cut short by a kill is skipped; no file = no records."""
+    path = Path(path)
     if not path.is_file():
         return []
     records = []
@@ -34,8 +35,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line cut short by a kill: skip it
+            continue
     return records
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / METRICS_FILE)
 
 
 def truncate_metrics(run_dir: str | Path, after_step: int) -> None:

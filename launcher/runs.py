@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.tracking import read_jsonl  # no torch at import
 
 MANIFEST = "manifest.json"
 EVENTS = "job-events.jsonl"
@@ -167,16 +168,6 @@ def append_event(run_dir: Path, event: str, **fields: Any) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-    return out
 
 
 def requeue_count(events: list[dict[str, Any]]) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from cyclegan_dist.config import load_config
+from cyclegan_dist.tracking import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
@@ -68,16 +69,6 @@ def wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT, interval: float
         time.sleep(interval)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
 
 
 def last_step(run_dir: Path) -> int:

@@ -18,13 +18,12 @@ from accelerate.utils import gather_object
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, diff_configs, write_config
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.image_pool import ImagePool
 from cyclegan_dist.tracking import Tracker, new_wandb_id, previous_wandb_id, truncate_metrics
 from cyclegan_dist.train import runtime
+from cyclegan_dist.train.build import build_networks
 from cyclegan_dist.train.data_setup import setup_data
 from cyclegan_dist.train.evaluation import TrainingEvaluator, read_best, write_best
-from cyclegan_dist.train.modules import build_pairs
-from cyclegan_dist.train.schedule import lr_factor, scaled_lr, set_lr
+from cyclegan_dist.train.schedule import lr_factor, set_lr
 from cyclegan_dist.train.step import StepParts, train_step
 
 log = logging.getLogger("cyclegan_dist.train")
@@ -47,23 +46,9 @@ def train(config: Config, run_dir: Path, resume: str = "auto", run_name: str | N
 
     with accelerator.main_process_first():  # rank 0 builds the demo data set once; the others then read it
         data = setup_data(config, rank)
-    gens, discs = build_pairs(config.model, config.seed)
-    if config.model.init_from:  # start from pretrained generators (junyanz .pth files), e.g. for fine-tuning
-        from cyclegan_dist.eval.generator_io import load_junyanz_pair, load_weights
-
-        for name, weights in load_junyanz_pair(config.model.init_from).items():
-            load_weights(getattr(gens, name), weights, where=config.model.init_from)
-    memory = torch.channels_last if t.channels_last else torch.contiguous_format
-    gens.to(memory_format=memory)
-    discs.to(memory_format=memory)
-    if t.compile:
-        for net in (gens.G_A, gens.G_B, discs.D_A, discs.D_B):
-            net.compile()
-    base_lr = scaled_lr(t.lr, t.lr_scaling, world)
-    opt_G = torch.optim.Adam(gens.parameters(), lr=base_lr, betas=(t.beta1, t.beta2))
-    opt_D = torch.optim.Adam(discs.parameters(), lr=base_lr, betas=(t.beta1, t.beta2))
-    pool_A = ImagePool(config.loss.pool_size, seed=config.seed * 1000 + 2 * rank)
-    pool_B = ImagePool(config.loss.pool_size, seed=config.seed * 1000 + 2 * rank + 1)
+    nets = build_networks(config, rank, world)
+    gens, discs, opt_G, opt_D = nets.gens, nets.discs, nets.opt_G, nets.opt_D
+    pool_A, pool_B, base_lr, memory = nets.pool_A, nets.pool_B, nets.base_lr, nets.memory_format
 
     source = ckpt.resolve_resume(run_dir, resume)
     shared = ckpt.load_shared(source) if source is not None else None
