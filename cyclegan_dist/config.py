@@ -146,16 +146,22 @@ def resolve_config_path(path: str | Path) -> Path:
     raise UserError(f"config file {path} not found; give a YAML path or one of the experiments: {', '.join(known)}")
 
 
+def read_yaml_mapping(path: Path, what: str = "a mapping") -> dict[str, Any]:
+    """``yaml.safe_load`` of a file whose top level must be a mapping; anything else is one UserError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be {what}, got {type(data).__name__}")
+    return data
+
+
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise UserError(f"{path}: 'extends' forms a loop through {', '.join(map(str, seen))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "a mapping of sections")
     parent = data.pop("extends", None)
     if parent is None:
         return data

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cyclegan_dist.config import read_yaml_mapping
 from cyclegan_dist.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +97,7 @@ def load_profile(name: str | Path) -> Profile:
     if not path.is_file():
         raise UserError(f"unknown cluster profile '{name}'; known: {', '.join(known_profiles()) or '(none)'} "
                         f"in {PROFILE_DIR} (or give a YAML path), or auto | slurm | local")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a cluster profile is a mapping of keys ({', '.join(SLURM_KEYS)})")
+    raw = read_yaml_mapping(path, f"a mapping of profile keys ({', '.join(SLURM_KEYS)})")
     return profile_from_dict(raw, path)
 
 

@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import nn
 
-from cyclegan_dist.config import ModelConfig, from_dict
+from cyclegan_dist.config import ModelConfig, from_dict, read_yaml_mapping
 from cyclegan_dist.errors import UserError
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -267,12 +267,7 @@ def _read_arch(path: Path, direction: str) -> dict[str, Any]:
     """Architecture keys from a run config (``model:`` section; G_B swaps channels) or a generator.yaml."""
     if not path.is_file():
         raise UserError(f"config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     if "model" in raw:
         mc = from_dict(raw["model"] or {}, ModelConfig, where=str(path), prefix="model.")
         arch = {k: getattr(mc, k) for k in ARCH_KEYS}
