@@ -87,6 +87,21 @@ def bench_config(args, steps: int):
     return load_config(args.config, overrides + list(args.overrides))
 
 
+def _train_with(config, scratch: Path, step_hook) -> None:
+    """The real training loop (unmodified) with ``train_step`` replaced by ``step_hook`` for the run, in a
+    throw-away run directory. ``step_hook`` calls the original step itself."""
+    import cyclegan_dist.train.loop as loop
+
+    original = loop.train_step
+    run_dir = Path(tempfile.mkdtemp(prefix="ours-", dir=scratch))
+    loop.train_step = step_hook
+    try:
+        loop.train(config, run_dir, resume="never")
+    finally:
+        loop.train_step = original
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def run_ours(config, clock: StepClock, scratch: Path) -> float:
     import cyclegan_dist.train.loop as loop
 
@@ -96,13 +111,7 @@ def run_ours(config, clock: StepClock, scratch: Path) -> float:
         clock.tick()
         return original(parts, real_A, real_B)
 
-    run_dir = Path(tempfile.mkdtemp(prefix="ours-", dir=scratch))
-    loop.train_step = clocked
-    try:
-        loop.train(config, run_dir, resume="never")
-    finally:
-        loop.train_step = original
-        shutil.rmtree(run_dir, ignore_errors=True)
+    _train_with(config, scratch, clocked)
     return clock.per_step()
 
 
@@ -208,13 +217,9 @@ def run_lockstep(config, names: list[str], start: int, end: int, device, scratch
         state.update(i=i + 1, entry=now, embedded=embedded)
         return original(parts, real_A, real_B)
 
-    run_dir = Path(tempfile.mkdtemp(prefix="ours-", dir=scratch))
-    loop.train_step = clocked
     try:
-        loop.train(config, run_dir, resume="never")
+        _train_with(config, scratch, clocked)
     finally:
-        loop.train_step = original
-        shutil.rmtree(run_dir, ignore_errors=True)
         for arm in bare.values():
             arm.close()
     if len(ours) != end - start:

@@ -43,7 +43,8 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str | None):
+def parse_device(name: str | None):
+    """``--device NAME`` -> torch.device (None stays None: the caller's default); bad or absent CUDA -> UserError."""
     import torch
 
     from cyclegan_dist.errors import UserError
@@ -74,7 +75,7 @@ def run_fid(args) -> int:
     train_src = None if same_train else ImageSource(args.train)
 
     progress = not args.quiet
-    inc = InceptionFeatures(args.inception, device=_device(args.device), batch_size=args.batch_size,
+    inc = InceptionFeatures(args.inception, device=parse_device(args.device), batch_size=args.batch_size,
                             progress=progress)
     cache = None if args.no_cache else RealStatsCache(args.cache_dir or default_cache_dir())
 

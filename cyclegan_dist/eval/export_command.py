@@ -118,14 +118,6 @@ def _validate(path: str, count: int, *, partial: bool, strict: bool, size: int, 
 def _device(name: str | None):
     import torch
 
-    from cyclegan_dist.errors import UserError
+    from cyclegan_dist.eval.commands import parse_device
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise UserError(f"--device {name!r} is not a torch device: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return dev
+    return parse_device(name) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
