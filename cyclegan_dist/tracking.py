@@ -1,113 +1,88 @@
-"""Metrics: ``metrics.jsonl`` in the run directory (what gather reads), mirrored to W&B.
+"""Metrics and events: ``metrics.jsonl`` and ``events.jsonl`` in the run directory (what the launcher reads),
+mirrored to W&B; and the containment of side services.
 
-One W&B run per job, grouped by experiment, resumed by id after a requeue. The mode comes from the config
-(``wandb.mode``) unless ``WANDB_MODE`` is set in the environment. Nothing secret is logged: the config holds
-no key, and W&B reads ``WANDB_API_KEY`` from the environment or its netrc on its own.
+One W&B run per run, grouped by experiment, resumed by id after a requeue. The mode comes from the config
+(``wandb.mode``) unless ``WANDB_MODE`` is set in the environment. If W&B cannot start (no API key, no network)
+the run falls back to offline mode (syncable later with ``wandb sync``), then to metrics.jsonl alone; a W&B
+failure later on only stops the mirror. Nothing secret is logged: the config holds no key, and W&B reads
+``WANDB_API_KEY`` from the environment or its netrc on its own.
+
+:meth:`Tracker.side_service` runs anything that must never stop training (sample grids, in-training FID, W&B
+calls): a failure becomes one named warning in the log and an event, and training goes on.
 Only rank 0 writes; other ranks get a tracker that does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import secrets
-import string
 import time
 from pathlib import Path
 from typing import Any
 
-from cyclegan_dist.config import Config
+from cyclegan_dist.config import WandbConfig
+from cyclegan_dist.rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("cyclegan_dist.tracking")
 
-METRICS_FILE = "metrics.jsonl"
-WANDB_FILE = "wandb-run.json"
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a line cut short by a kill is skipped; no file = no records."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    return read_jsonl(Path(run_dir) / METRICS_FILE)
-
-
-def truncate_metrics(run_dir: str | Path, after_step: int) -> None:
-    """Drop records past ``after_step`` (written after the checkpoint a resumed run restarts from)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
-
-
-def new_wandb_id() -> str:
-    """An 8-character run id of W&B's alphabet (lowercase letters and digits)."""
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def previous_wandb_id(run_dir: str | Path) -> str | None:
-    """The W&B run id an earlier attempt of this run wrote (so a requeued job logs into the same run)."""
-    path = Path(run_dir) / WANDB_FILE
-    try:
-        return json.loads(path.read_text()).get("id")
-    except (OSError, ValueError):
-        return None
-
 
 class Tracker:
-    def __init__(self, run_dir: Path, config: Config, wandb_id: str, enabled: bool, run_name: str) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run: RunDir, wandb: WandbConfig, *, experiment: str, config: dict[str, Any], wandb_id: str,
+                 enabled: bool, run_name: str) -> None:
+        self.run = run
         self.enabled = enabled
         self.wandb_run = None
-        self.mode = os.environ.get("WANDB_MODE", config.wandb.mode)
+        self.mode = os.environ.get("WANDB_MODE", wandb.mode)
+        self.warnings: list[dict[str, Any]] = []
         if not enabled:
             return
-        self._file = open(run_dir / METRICS_FILE, "a", buffering=1)
-        if self.mode == "disabled":
+        self._file = open(run.metrics_path, "a", buffering=1)
+        if self.mode != "disabled":
+            self._start_wandb(wandb, experiment, config, wandb_id, run_name)
+
+    # ---- W&B
+    def _start_wandb(self, wandb_cfg: WandbConfig, experiment: str, config: dict, wandb_id: str, name: str) -> None:
+        group = wandb_cfg.group or experiment
+        modes = [self.mode] + (["offline"] if self.mode == "online" else [])
+        for mode in modes:
+            try:
+                import wandb
+
+                run = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, group=group, job_type="train",
+                                 name=name, id=wandb_id, resume="allow", dir=str(self.run.path), mode=mode,
+                                 config=config, tags=list(wandb_cfg.tags),
+                                 settings=wandb.Settings(console="off", quiet=True))
+                run.define_metric("step")
+                run.define_metric("*", step_metric="step")  # our step, not W&B's: a resume may go back
+            except Exception as exc:  # noqa: BLE001 - no key, no network, a broken install: never a stop
+                after = "falling back to offline mode" if mode != modes[-1] else "metrics go to metrics.jsonl only"
+                self.warn("wandb", f"W&B could not start in {mode} mode ({type(exc).__name__}: {exc}); {after}")
+                continue
+            self.wandb_run, self.mode = run, mode
+            atomic_write_json(self.run.wandb_path, {
+                "id": wandb_id, "mode": mode, "project": wandb_cfg.project, "entity": wandb_cfg.entity,
+                "group": group, "dir": str(Path(run.dir).parent), "url": run.url if mode == "online" else None})
             return
-        import wandb
+        self.mode = "disabled"
 
-        self.wandb_run = wandb.init(
-            project=config.wandb.project,
-            entity=config.wandb.entity,
-            group=config.wandb.group or config.experiment,
-            job_type="train",
-            name=run_name,
-            id=wandb_id,
-            resume="allow",
-            dir=str(run_dir),
-            mode=self.mode,
-            config=config.to_dict(),
-            tags=list(config.wandb.tags),
-            settings=wandb.Settings(console="off", quiet=True),
-        )
-        self.wandb_run.define_metric("step")
-        self.wandb_run.define_metric("*", step_metric="step")  # our step, not W&B's: a resume may go back
-        info = {"id": wandb_id, "mode": self.mode, "project": config.wandb.project, "entity": config.wandb.entity,
-                "group": config.wandb.group or config.experiment, "dir": str(Path(self.wandb_run.dir).parent),
-                "url": self.wandb_run.url if self.mode == "online" else None}
-        (run_dir / WANDB_FILE).write_text(json.dumps(info, indent=1))
+    def _wandb(self, call) -> None:
+        if self.wandb_run is None:
+            return
+        try:
+            call(self.wandb_run)
+        except Exception as exc:  # noqa: BLE001 - SLURM's SIGTERM reaches W&B's service too; training goes on
+            self.warn("wandb", f"W&B stopped answering ({type(exc).__name__}: {exc}); metrics continue in "
+                      f"{self.run.metrics_path.name} only")
+            self.wandb_run = None
 
+    # ---- records
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "time": time.time(), **metrics}
-        self._file.write(json.dumps(record) + "\n")
+        with contextlib.suppress(OSError):  # a full disk must not stop training; the event log says so
+            self._file.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         self._wandb(lambda run: run.log({"step": step, **metrics}))
 
     def log_image(self, step: int, name: str, path: Path) -> None:
@@ -116,22 +91,32 @@ class Tracker:
 
             self._wandb(lambda run: run.log({"step": step, name: wandb.Image(str(path))}))
 
+    def event(self, event: str, **fields: Any) -> None:
+        if self.enabled:
+            with contextlib.suppress(OSError):
+                self.run.append_event(event, **fields)
+
+    def warn(self, service: str, message: str, **fields: Any) -> None:
+        """One named warning: the log, events.jsonl, W&B's summary (rank 0)."""
+        log.warning("%s: %s", service, message)
+        record = {"service": service, "message": message, **fields}
+        self.warnings.append(record)
+        self.event("warning", **record)
+
+    @contextlib.contextmanager
+    def side_service(self, service: str, **fields: Any):
+        """``with tracker.side_service("samples"): ...``: any exception becomes a warning; training goes on."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - by definition: a side service never stops training
+            self.warn(service, f"failed ({type(exc).__name__}: {exc}); training goes on", **fields)
+
     def summary(self, values: dict[str, Any]) -> None:
         self._wandb(lambda run: run.summary.update(values))
 
     def finish(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
         self._wandb(lambda run: run.finish())
-
-    def _wandb(self, call) -> None:
-        """W&B is a mirror: if its service dies (SLURM's SIGTERM reaches every process of a job), training and
-        metrics.jsonl carry on, and the checkpoint that the stop asks for is still written."""
-        if self.wandb_run is None:
-            return
-        try:
-            call(self.wandb_run)
-        except Exception as exc:  # noqa: BLE001 - any failure of the mirror
-            log.warning("W&B stopped answering (%s: %s); metrics continue in %s only", type(exc).__name__, exc, METRICS_FILE)
-            self.wandb_run = None

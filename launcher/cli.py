@@ -115,7 +115,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     run_root = _run_root(args)
     for name in args.runs:
         for run in runs.find_runs(run_root, name):
-            state = gather.run_state(scheduler.states([run]).get(str(run.dir), {}), run.events())
+            state = gather.run_state(scheduler.states([run]).get(str(run.dir), {}), run.job_events())
             if state not in scheduler.ACTIVE and state not in ("UNKNOWN", "SUBMITTED"):
                 print(f"{run.experiment}/{run.name}: {state}, nothing to cancel")
                 continue

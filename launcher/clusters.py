@@ -1,9 +1,13 @@
-"""Cluster profiles (``slurm/clusters/*.yaml``) -> validated settings, node/task arithmetic, submitit executors.
+"""Cluster profiles -> validated settings, and the node/task arithmetic.
+
+Profiles are YAML files found by name on the profile search path, first match wins: the directories in
+``$CYCLEGAN_CLUSTER_PATH`` (``:``-separated), then ``./slurm/clusters``, then the profiles that ship inside the
+package (``launcher/profiles``: ``local``, ``testcluster``, ``example``), or given as a path.
 
 A profile names every key in :data:`SLURM_KEYS` (``null`` where the cluster needs no value) or, for this
 machine, every key in :data:`LOCAL_KEYS`; a missing or unknown key is a :class:`UserError`. Command-line
 flags override profile values. ``--cluster auto`` means SLURM where ``sbatch`` exists (the profile named by
-``$CYCLEGAN_CLUSTER``, else ``default.yaml``, else ``testcluster.yaml``), otherwise ``local.yaml``.
+``$CYCLEGAN_CLUSTER``, else ``default``, else ``testcluster``), otherwise ``local``.
 
 One process per GPU (DESIGN.md decision 1): ``tasks_per_node = gpus_per_node``,
 ``nodes = ceil(gpus / gpus_per_node)``, and the GPUs must fill whole nodes. ``--gpus 0`` runs CPU ranks
@@ -18,14 +22,12 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.config import read_yaml_mapping
 from cyclegan_dist.errors import UserError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROFILE_DIR = REPO_ROOT / "slurm" / "clusters"
 
 # Every SLURM profile names all of these (null = leave it to the cluster's defaults).
 SLURM_KEYS = ("executor", "partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem", "time",
@@ -63,8 +65,19 @@ class Profile:
                 "sbatch_extra": dict(self.sbatch_extra)}
 
 
-def known_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")) if PROFILE_DIR.is_dir() else []
+def profile_search_path() -> list[Path]:
+    user = [Path(p).expanduser() for p in os.environ.get("CYCLEGAN_CLUSTER_PATH", "").split(os.pathsep) if p]
+    packaged = Path(str(resources.files("launcher") / "profiles"))
+    return [p for p in dict.fromkeys([*user, Path("slurm") / "clusters", packaged]) if p.is_dir()]
+
+
+def known_profiles() -> dict[str, Path]:
+    """Profile name -> its file (the first on the search path)."""
+    found: dict[str, Path] = {}
+    for folder in profile_search_path():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
 
 
 def have_sbatch() -> bool:
@@ -72,7 +85,7 @@ def have_sbatch() -> bool:
 
 
 def resolve_cluster(name: str = "auto") -> Profile:
-    """``auto`` | ``slurm`` | ``local`` | a profile name in slurm/clusters | a YAML path -> a Profile."""
+    """``auto`` | ``slurm`` | ``local`` | a profile name | a YAML path -> a Profile."""
     if name in ("auto", "slurm"):
         if not have_sbatch():
             if name == "slurm":
@@ -82,7 +95,7 @@ def resolve_cluster(name: str = "auto") -> Profile:
         wanted = os.environ.get("CYCLEGAN_CLUSTER")
         if wanted:
             return load_profile(wanted)
-        return load_profile("default" if (PROFILE_DIR / "default.yaml").is_file() else "testcluster")
+        return load_profile("default" if "default" in known_profiles() else "testcluster")
     profile = load_profile(name)
     if profile.executor == "slurm" and not have_sbatch():
         raise UserError(f"cluster profile {profile.name} submits to SLURM, but sbatch/srun are not on PATH here; "
@@ -91,12 +104,14 @@ def resolve_cluster(name: str = "auto") -> Profile:
 
 
 def load_profile(name: str | Path) -> Profile:
-    path = Path(name)
+    path = Path(name).expanduser()
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"unknown cluster profile '{name}'; known: {', '.join(known_profiles()) or '(none)'} "
-                        f"in {PROFILE_DIR} (or give a YAML path), or auto | slurm | local")
+        known = known_profiles()
+        if str(name) not in known:
+            where = ", ".join(map(str, profile_search_path()))
+            raise UserError(f"unknown cluster profile '{name}'; known: {', '.join(known) or '(none)'} (searched "
+                            f"{where}; or give a YAML path), or auto | slurm | local")
+        path = known[str(name)]
     raw = read_yaml_mapping(path, f"a mapping of profile keys ({', '.join(SLURM_KEYS)})")
     return profile_from_dict(raw, path)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ import yaml
 from cyclegan_dist.errors import UserError
 from launcher import clusters, gather, runs
 
-KAGGLE_MIN, KAGGLE_MAX = 7000, 10000
-EXPORT_SIZE = 256
 EXPORT_TIME = "01:00:00"  # default time limit of an export job
 
 
@@ -34,9 +31,10 @@ EXPORT_TIME = "01:00:00"  # default time limit of an export job
 
 
 def known_experiments(run_root: Path) -> list[str]:
-    """configs/*.yaml stems and the experiments that have runs under ``run_root``."""
-    stems = {p.stem for p in (clusters.REPO_ROOT / "configs").glob("*.yaml")} - {"base"}
-    return sorted(stems | {r.experiment for r in runs.iter_runs(run_root)})
+    """The experiments on the config search path and those that have runs under ``run_root``."""
+    from cyclegan_dist.config import known_experiments as on_search_path
+
+    return sorted(set(on_search_path()) | {r.experiment for r in runs.iter_runs(run_root)})
 
 
 def select_runs(run_root: Path, experiments: list[str] | None, names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -134,7 +132,7 @@ def default_photos(config: dict[str, Any]) -> str:
 
 def check_photos(source: str) -> None:
     """Fail here (a UserError naming the path) rather than in a job."""
-    from cyclegan_dist.eval.images_io import ImageSource
+    from cyclegan_dist.images import ImageSource
 
     ImageSource(source)
 
@@ -147,47 +145,16 @@ def export_run(run_dir: str, photos: str, out_zip: str, limit: int | None = None
     """Export one run's best generator over ``photos`` into ``out_zip`` and check it; here or in a job.
 
     Returns {checkpoint, best, images, errors, warnings, path (None unless written), device, seconds}."""
-    import torch
+    import dataclasses
 
-    from cyclegan_dist.eval.export import export_zip
-    from cyclegan_dist.eval.generator_io import describe, load_generator, resolve_checkpoint
-    from cyclegan_dist.eval.images_io import ImageSource
-    from cyclegan_dist.eval.submission import check_submission
+    from cyclegan_dist.eval.export import export_submission
+    from cyclegan_dist.rundir import RunDir, resolve_checkpoint
 
-    start = time.perf_counter()
-    source = ImageSource(photos)
     ckpt = resolve_checkpoint(run_dir)
-    best_marker = Path(run_dir) / "checkpoints" / "best"
-    best = False
-    if best_marker.exists():
-        named = best_marker if best_marker.is_dir() else Path(best_marker.read_text().strip())
-        named = named if named.is_absolute() else best_marker.parent / named
-        best = named.resolve() == ckpt.resolve()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net, mc = load_generator(ckpt, "AtoB", device)
-    out = Path(out_zip)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}-{secrets.token_hex(3)}.zip")
-    try:
-        count = export_zip(net, source, tmp, batch_size=batch_size, size=EXPORT_SIZE, device=device,
-                           progress=progress, limit=limit, total=source.count)
-        report = check_submission(tmp, 0, sys.maxsize, size=(EXPORT_SIZE, EXPORT_SIZE))  # entries only
-        errors = list(report.problems)
-        warnings = []
-        if report.count > KAGGLE_MAX:
-            errors.append(f"{report.count} images; Kaggle wants {KAGGLE_MIN}-{KAGGLE_MAX} (use --limit {KAGGLE_MAX})")
-        elif report.count < KAGGLE_MIN:
-            warnings.append(f"{report.count} images; Kaggle wants {KAGGLE_MIN}-{KAGGLE_MAX} (fine for a test: "
-                            "the full Kaggle photo set, 7,038 photos, gives a valid count)")
-        if errors:
-            tmp.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"checkpoint": str(ckpt), "best": best, "generator": describe(mc), "images": count, "errors": errors,
-            "warnings": warnings, "path": None if errors else str(out), "device": str(device),
-            "seconds": round(time.perf_counter() - start, 1)}
+    best = RunDir(run_dir).best()
+    result = export_submission(run_dir, photos, out_zip, batch_size=batch_size, limit=limit, progress=progress)
+    return {**dataclasses.asdict(result), "checkpoint": str(ckpt),
+            "best": best is not None and best["checkpoint"] == ckpt.name}
 
 
 # ------------------------------------------------------------------------------------------ where it runs
@@ -241,23 +208,25 @@ def submit_export(item: Item, run: runs.Run, run_root: Path, cluster: str, time_
                   batch_size: int) -> None:
     """One SLURM job (1 task, 1 GPU) running :func:`export_run`; submitit's files in <run_root>/.submitit/."""
     from launcher.executors import make_executor
-    from launcher.submit import _pythonpath, _sbatch_message, _submission_env
+    from launcher.snapshot import take_snapshot
+    from launcher.submit import job_env
+    from launcher.submitit_adapter import sbatch_message, submission_env
 
     profile = item.profile
     assert profile is not None
     resources = clusters.Resources(gpus=1, nodes=1, tasks_per_node=1, cpus_per_task=profile.cpus_per_task)
     folder = run_root / ".submitit" / f"collect-{runs.timestamp()}-{secrets.token_hex(3)}"
-    env = {"PYTHONPATH": _pythonpath()}
+    env = job_env(take_snapshot(folder)["path"])
     partition = run.manifest.get("cluster", {}).get("partition") if cluster in ("auto", "slurm") else None
     executor = make_executor(profile, resources, folder, f"export-{item.row['run']}",
                              time_min=clusters.parse_time(time_limit), partition=partition, env=env)
     from submitit.core.utils import FailedJobError
 
     try:
-        with _submission_env(env):
+        with submission_env(env):
             item.job = executor.submit(export_run, item.row["run_dir"], item.photos, str(item.out), limit, batch_size)
     except FailedJobError as exc:
-        raise UserError(f"sbatch refused the export job of {item.label}: {_sbatch_message(exc)}") from None
+        raise UserError(f"sbatch refused the export job of {item.label}: {sbatch_message(exc)}") from None
     item.where = f"job {item.job.job_id}"
     print(f"submitted export of {item.label}: job {item.job.job_id} on {profile.name} "
           f"(log {folder / f'{item.job.job_id}_0_log.out'})", flush=True)

@@ -12,8 +12,11 @@ from launcher.clusters import Profile, Resources
 
 def make_executor(profile: Profile, resources: Resources, folder: Path, job_name: str, *,
                   time_min: int | None = None, partition: str | None = None, setup: tuple[str, ...] = (),
-                  env: dict[str, str] | None = None):
-    """A submitit SlurmExecutor / LocalExecutor with the profile's settings (flags already merged in)."""
+                  env: dict[str, str] | None = None, workdir: str | None = None):
+    """A submitit SlurmExecutor / LocalExecutor with the profile's settings (flags already merged in).
+
+    ``workdir``: the tasks' working directory (the code snapshot). ``srun --kill-on-bad-exit=1``: a task that dies
+    ends the whole step at once, instead of leaving the other ranks waiting in a collective."""
     minutes = time_min or profile.time_min
     lines = [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()] + list(profile.setup) + list(setup)
     if profile.executor == "local":
@@ -30,7 +33,8 @@ def make_executor(profile: Profile, resources: Resources, folder: Path, job_name
     params: dict[str, Any] = {
         "job_name": job_name, "time": minutes, "nodes": resources.nodes, "ntasks_per_node": resources.tasks_per_node,
         "cpus_per_task": resources.cpus_per_task, "signal_delay_s": profile.signal_delay_s, "stderr_to_stdout": True,
-        "setup": lines, "additional_parameters": {"requeue": True, **profile.sbatch_extra},
+        "setup": lines, "srun_args": ["--kill-on-bad-exit=1"],
+        "additional_parameters": {"requeue": True, **({"chdir": workdir} if workdir else {}), **profile.sbatch_extra},
     }
     if resources.gpus:
         params["gpus_per_node"] = resources.gpus_per_node

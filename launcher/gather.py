@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cyclegan_dist.rundir import step_of
+from cyclegan_dist.summary import wandb_sync_command
+from cyclegan_dist.tables import format_table
 from launcher import runs, scheduler
 from launcher.runs import Run
 
-METRICS_FILE = "metrics.jsonl"  # cyclegan_dist.tracking.METRICS_FILE (not imported: it pulls in no torch,
-WANDB_FILE = "wandb-run.json"  # but keep the launcher independent of the training package's internals)
 LOWER_IS_BETTER_PREFIXES = ("loss/", "eval/fid", "eval/mifid")
 HIGHER_IS_BETTER_PREFIXES = ("eval/psnr",)
-BEST_CHECKPOINT_BY = ("eval/mifid", "eval/fid")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "INTERRUPTED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "ENDED", "LOST"}
 
@@ -52,18 +52,6 @@ def run_state(sched: dict[str, Any], events: list[dict[str, Any]]) -> str:
     return "ENDED" if state == "ENDED" else ("UNKNOWN" if sched else "SUBMITTED")
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return runs.read_jsonl(run_dir / METRICS_FILE)
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if (p / "complete").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -89,13 +77,7 @@ def metric_summary(records: list[dict[str, Any]]) -> tuple[dict[str, float], dic
 
 
 def wandb_summary(run: Run) -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    path = run.dir / WANDB_FILE
-    if path.is_file():
-        try:
-            info = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            info = {}
+    info = run.rundir.wandb_info() or {}
     wid = info.get("id")
     mode = info.get("mode") or run.manifest.get("wandb", {}).get("mode")
     out = {"wandb_id": wid, "wandb_mode": mode, "wandb_url": info.get("url"),
@@ -103,41 +85,29 @@ def wandb_summary(run: Run) -> dict[str, Any]:
            "wandb_project": info.get("project") or run.manifest.get("wandb", {}).get("project"),
            "wandb_dirs": [], "wandb_sync": None}
     if wid and mode == "offline":
-        dirs = sorted(glob.glob(str(run.dir / "wandb" / f"offline-run-*-{wid}")))
-        if not dirs and info.get("dir"):
-            dirs = [info["dir"]]
-        out["wandb_dirs"] = dirs
-        out["wandb_sync"] = "wandb sync " + " ".join(dirs) if dirs else None
+        out["wandb_dirs"] = sorted(glob.glob(str(run.dir / "wandb" / f"offline-run-*-{wid}"))) or (
+            [info["dir"]] if info.get("dir") else [])
+        out["wandb_sync"] = wandb_sync_command(run.dir, {**info, "mode": mode})
     return out
 
 
 def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
-    events = run.events()
-    records = read_metrics(run.dir)
+    events = run.job_events()
+    records = run.rundir.metrics()
     state = run_state(sched, events)
     last, best = metric_summary(records)
     total = run.manifest.get("config", {}).get("train", {}).get("steps")
-    ckpts = complete_checkpoints(run.dir)
-    step = max([records[-1].get("step", 0) if records else 0] + [int(c.name.split("-")[1]) for c in ckpts[-1:]])
+    ckpts = run.rundir.complete_checkpoints()
+    step = max([records[-1].get("step", 0) if records else 0] + [step_of(c) for c in ckpts[-1:]])
     running = state in scheduler.ACTIVE and state not in ("PENDING", "REQUEUED", "REQUEUE_HOLD")
     spans = runs.attempts(events, [r["time"] for r in records if _is_number(r.get("time"))],
                           now=now if running else None)
     wall = sum(end - start for start, end in spans)
     gpus = run.manifest.get("resources", {}).get("gpus", 0)
-    best_ckpt, best_by = None, None
-    for key in BEST_CHECKPOINT_BY:
-        if key in best:
-            best_by = key
-            target = run.dir / "checkpoints" / f"step-{int(best[key]['step']):08d}"
-            best_ckpt = str(target) if (target / "complete").is_file() else None
-            break
-    marker = run.dir / "checkpoints" / "best"
-    if marker.exists():
-        target = marker.resolve() if marker.is_symlink() or marker.is_dir() else \
-            run.dir / "checkpoints" / marker.read_text().strip()
-        if (target / "complete").is_file():
-            best_ckpt, best_by = str(target), best_by or "checkpoints/best"
+    marked = run.rundir.best()
+    best_ckpt = str(run.rundir.checkpoints / marked["checkpoint"]) if marked else None
+    best_by = "eval/mifid" if marked else None
     return {
         "run": run.name, "experiment": run.experiment, "seed": run.manifest.get("seed"), "state": state,
         "job_id": run.job_id, "executor": run.executor, "cluster": run.manifest.get("cluster", {}).get("name"),
@@ -162,14 +132,6 @@ def collect(run_root: Path, experiments: list[str] | None = None) -> list[dict[s
 # ------------------------------------------------------------------------------------------ output
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """Fixed-width text table; ``columns`` are (header, key) with dotted keys into nested dicts."""
     def get(row: dict[str, Any], key: str) -> Any:
@@ -178,9 +140,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
             value = value.get(part) if isinstance(value, dict) else None
         return value
 
-    cells = [[h for h, _ in columns]] + [[_fmt(get(r, k)) for _, k in columns] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+    return format_table([h for h, _ in columns], [[get(r, k) for _, k in columns] for r in rows])
 
 
 STATUS_COLUMNS = [("RUN", "run"), ("EXP", "experiment"), ("JOB", "job_id"), ("STATE", "state"),

@@ -34,8 +34,11 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from cyclegan_dist.rundir import RunDir
 from launcher import runs
 from launcher.distenv import export_torch_env
+from launcher.snapshot import running_code
+from launcher.submitit_adapter import requeue
 
 
 class TrainJob(Checkpointable):
@@ -79,8 +82,7 @@ def restart_count(run_dir: Path, job_id: str) -> int:
     """Requeues of this job so far: SLURM_RESTART_COUNT, else the requeues recorded for this job id."""
     if "SLURM_RESTART_COUNT" in os.environ:
         return int(os.environ["SLURM_RESTART_COUNT"] or 0)
-    return sum(1 for e in runs.read_jsonl(run_dir / runs.EVENTS)
-               if e.get("event") == "requeued" and e.get("job_id") == job_id)
+    return sum(1 for e in RunDir(run_dir).events() if e.get("event") == "requeued" and e.get("job_id") == job_id)
 
 
 def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: int) -> dict[str, Any]:
@@ -106,20 +108,24 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
     signals = StopSignals(request_stop)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    def event(name: str, **fields: Any) -> None:
-        if rank == 0:
-            runs.append_event(run_dir, name, job_id=job_id, restart_count=restarts, world_size=world,
+    def event(name: str, every_rank: bool = False, **fields: Any) -> None:
+        if rank == 0 or every_rank:
+            runs.append_event(run_dir, name, job_id=job_id, restart_count=restarts, world_size=world, rank=rank,
                               host=socket.gethostname(), **fields)
 
-    event("start", master=f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}")
+    event("start", master=f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}", code=running_code())
     try:
         result = run(cfg, run_dir=run_dir, resume="auto", run_name=run_name)
-    except BaseException as exc:
-        event("failed", error=f"{type(exc).__name__}: {exc}"[:1000], signals=signals.received)
+    except BaseException as exc:  # every rank says why it ended: the one that died first names the cause
+        event("failed", every_rank=True, error=f"{type(exc).__name__}: {exc}"[:1000], signals=signals.received)
         raise
     if result.get("status") == "completed":
         event("completed", step=result.get("step"), checkpoint=result.get("checkpoint"))
         return result
+    if result.get("status") == "diverged":
+        event("failed", step=result.get("step"), error=f"diverged: {result.get('error')}")
+        raise _uncompleted(f"stopped at step {result.get('step')}: {result.get('error')}; not requeued "
+                           "(train.on_nonfinite); the last good checkpoint is kept")
 
     event("stopped", step=result.get("step"), checkpoint=result.get("checkpoint"), signals=signals.received)
     if rank != 0:
@@ -134,10 +140,8 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
     event("requeued", step=result.get("step"), checkpoint=result.get("checkpoint"))
     sys.stdout.flush()
     sys.stderr.flush()
-    from submitit import JobEnvironment
-
     try:
-        JobEnvironment()._requeue(max_requeues - restarts - 1)  # scontrol requeue (SLURM) / exit 144 (local)
+        requeue(max_requeues - restarts - 1)  # scontrol requeue (SLURM) / exit 144 (local)
     except subprocess.SubprocessError as exc:
         event("refused", step=result.get("step"), reason=f"requeue failed: {exc}")
         raise _uncompleted(f"stopped at step {result.get('step')} but the requeue failed ({exc}); "

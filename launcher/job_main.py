@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from launcher import runs
     from launcher.distenv import export_torch_env, in_slurm_step
+    from launcher.snapshot import code_root, git_info
 
     if not in_slurm_step():
         print("error: launcher.job_main runs inside SLURM tasks (srun); on this machine use "
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs.resolve_run_root(None) / config.experiment / f"{job_name}-{job_id}")
     run_dir = run_dir.absolute()
     run_name = args.name or run_dir.name
-    if int(env["RANK"]) == 0 and not (run_dir / runs.MANIFEST).is_file():
+    if int(env["RANK"]) == 0 and not RunDir(run_dir).manifest_path.is_file():
         world = int(env["WORLD_SIZE"])
         nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", "1"))
         gpus = world if int(os.environ.get("SLURM_GPUS_ON_NODE") or 0) else 0
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "version": 1, "run": run_name, "experiment": config.experiment, "seed": config.seed,
             "run_dir": str(run_dir), "run_root": str(run_dir.parent.parent),
             "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": shlex.join(sys.argv),
-            **runs.who(), "git": runs.git_info(Path(__file__).resolve().parent.parent),
+            **runs.who(), "git": git_info(code_root()), "code": {"snapshot": None, "source": str(code_root())},
             "job": {"id": job_id, "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
                     "array_index": int(os.environ["SLURM_ARRAY_TASK_ID"]) if "SLURM_ARRAY_TASK_ID" in os.environ else None,
                     "name": job_name, "folder": None, "log": None, "via": "sbatch template"},

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import runs
+from launcher.submitit_adapter import terminate_local, wait_local
 
 
 @contextlib.contextmanager
@@ -60,16 +61,16 @@ def follow_local(submitted: list[runs.Run], jobs: list[Any], out=sys.stdout, pol
         print("\ninterrupted: stopping the local job(s) with a checkpoint (SIGTERM)", file=sys.stderr)
         for job in jobs:
             with contextlib.suppress(Exception):
-                job._process.terminate()
+                terminate_local(job)
         for job in jobs:
             with contextlib.suppress(Exception):
-                job._process.wait(timeout=60)
+                wait_local(job, timeout=60)
         pump()
         return 130
     pump()
     code = 0
     for r in submitted:
-        events = r.events()
+        events = r.job_events()
         last = events[-1]["event"] if events else "no events"
         if last != "completed":
             code = 1

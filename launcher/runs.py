@@ -1,22 +1,19 @@
-"""The run registry: ``<run_root>/<exp>/<run>/`` holds everything about one run, readable days later.
+"""The run registry: ``<run_root>/<exp>/<run>/`` holds everything about one run, readable days later
+(its layout is ``cyclegan_dist.rundir``'s).
 
-    manifest.json       written at submission by the launcher (job ids, resolved config, git commit, cluster,
-                        resources, W&B project/group, submit time, command line); updated on cancel
-    job-events.jsonl    appended by rank 0 of the job: start / stopped / requeued / completed / failed, each with
-                        the job id, SLURM_RESTART_COUNT, step, world size, host and time
-    config.yaml  metrics.jsonl  wandb-run.json  checkpoints/  samples/      written by cyclegan_dist.entry.run
-
-The run directory IS the ``run_dir`` given to ``entry.run``. submitit's own files (pickles, per-task logs)
-live in ``<run_root>/.submitit/<submission>/``, named in the manifest.
+The launcher writes ``manifest.json`` at submission (job ids, resolved config, commit and dirty flag, code
+snapshot, cluster, resources, W&B project/group, submit time, command line) and appends the job's events to
+``events.jsonl``: start / stopped / requeued / completed / failed / refused, each with the job id,
+SLURM_RESTART_COUNT, step, world size, host and time (training adds its own events there: warnings, rollbacks).
+The run directory IS the ``run_dir`` given to ``entry.run``. submitit's own files (pickles, per-task logs) live
+in ``<run_root>/.submitit/<submission>/``, named in the manifest.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.tracking import read_jsonl  # no torch at import
+from cyclegan_dist.rundir import MANIFEST, RunDir, iter_run_dirs, read_json  # no torch at import
 
-MANIFEST = "manifest.json"
-EVENTS = "job-events.jsonl"
 DEFAULT_RUN_ROOT = "runs"
+JOB_EVENTS = ("start", "stopped", "requeued", "completed", "failed", "refused")
 
 
 def resolve_run_root(flag: str | None, profile_root: str | None = None) -> Path:
@@ -58,36 +54,35 @@ class Run:
     def executor(self) -> str:
         return self.manifest.get("cluster", {}).get("executor", "slurm")
 
+    @property
+    def rundir(self) -> RunDir:
+        return RunDir(self.dir)
+
     def events(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.dir / EVENTS)
+        return self.rundir.events()
+
+    def job_events(self) -> list[dict[str, Any]]:
+        """The launcher's own events (start, requeued, completed, ...), without training's warnings."""
+        return [e for e in self.events() if e.get("event") in JOB_EVENTS]
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, run_dir / MANIFEST)
+    RunDir(run_dir).write_manifest(manifest)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{run_dir / MANIFEST}: cannot read the run manifest ({exc})") from None
+    manifest = read_json(Path(run_dir) / MANIFEST)
+    if manifest is None:
+        raise UserError(f"{Path(run_dir) / MANIFEST}: cannot read the run manifest (missing or not JSON)")
+    return manifest
 
 
 def iter_runs(run_root: Path, experiments: list[str] | None = None) -> Iterator[Run]:
     """Runs under ``run_root`` (optionally of some experiments), oldest submission first."""
-    if not run_root.is_dir():
-        return
     found = []
-    for path in run_root.glob(f"*/*/{MANIFEST}"):
-        run_dir = path.parent
-        if run_dir.parent.name.startswith("."):
-            continue
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+    for run_dir in iter_run_dirs(run_root):
+        manifest = read_json(run_dir / MANIFEST)
+        if manifest is None:
             continue
         run = Run(run_dir, manifest)
         if experiments and run.experiment not in experiments:
@@ -137,20 +132,6 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def git_info(path: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the repository holding ``path`` (None when it is no git checkout)."""
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(["git", *args], cwd=path, check=False, capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None, "repo": str(path)}
-
-
 def who() -> dict[str, str]:
     try:
         user = getpass.getuser()
@@ -163,11 +144,7 @@ def who() -> dict[str, str]:
 
 
 def append_event(run_dir: Path, event: str, **fields: Any) -> None:
-    record = {"event": event, "time": time.time(), **fields}
-    with open(run_dir / EVENTS, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
+    RunDir(run_dir).append_event(event, **fields)
 
 
 def requeue_count(events: list[dict[str, Any]]) -> int:

@@ -1,8 +1,9 @@
 """``launcher submit``: validate everything, then queue one job (or one job array for a sweep) via submitit.
 
 Nothing is queued unless every check passes: experiment names, config overrides, shard roots, the cluster
-profile, sbatch's presence, the node/GPU arithmetic. Each run gets ``<run_root>/<exp>/<run>/manifest.json``.
-On the local executor a single submission runs here and its log is followed until it ends.
+profile, sbatch's presence, the node/GPU arithmetic. The jobs run a snapshot of the code taken now
+(``launcher/snapshot.py``). Each run gets ``<run_root>/<exp>/<run>/manifest.json``. On the local executor a
+single submission runs here and its log is followed until it ends.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import step_of
 from launcher import clusters, runs
 from launcher.clusters import Profile, Resources
 from launcher.executors import make_executor
 from launcher.localrun import std_fds_to
+from launcher.snapshot import live_code, take_snapshot
+from launcher.submitit_adapter import sbatch_message, submission_env
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Plan:
     folder: Path
     command: list[str] = field(default_factory=list)
     resume_of: dict[str, Any] | None = None  # the manifest of the run a `resume` continues
+    snapshot: bool = True  # jobs run a copy of the code taken at submission (--no-snapshot: the live code)
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -75,12 +80,11 @@ def parse_seeds(values: list[str] | None) -> list[int] | None:
 
 def plan(args) -> Plan:
     """Every check, no side effect: the runs, their configs, the profile, the resources."""
-    from cyclegan_dist.config import CONFIG_DIR, load_config, resolve_config_path
+    from cyclegan_dist.config import known_experiments, load_config, resolve_config_path
 
     experiments = split_list(args.exp)
     if not experiments:
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise UserError(f"--exp: give one or more experiments, comma-separated; known: {', '.join(known)}")
+        raise UserError(f"--exp: give one or more experiments, comma-separated; known: {', '.join(known_experiments())}")
     if len(set(experiments)) != len(experiments):
         raise UserError(f"--exp lists an experiment twice: {experiments}")
     seeds = parse_seeds(args.seeds)
@@ -111,7 +115,8 @@ def plan(args) -> Plan:
     job_name = planned[0].name if not sweep else (args.name or f"sweep-{stamp}")
     folder = run_root / ".submitit" / f"{stamp}-{secrets.token_hex(3)}"
     return Plan(profile, resources, run_root, planned, time_min, args.partition, job_name, folder,
-                command=[Path(sys.executable).name, "-m", "launcher", *sys.argv[1:]])
+                command=[Path(sys.executable).name, "-m", "launcher", *sys.argv[1:]],
+                snapshot=not getattr(args, "no_snapshot", False))
 
 
 def plan_resume(args, run_root: Path) -> Plan:
@@ -125,7 +130,7 @@ def plan_resume(args, run_root: Path) -> Plan:
     from launcher import gather, scheduler
 
     run = runs.find_run(run_root, args.run)
-    state = gather.run_state(scheduler.states([run]).get(str(run.dir), {}), run.events())
+    state = gather.run_state(scheduler.states([run]).get(str(run.dir), {}), run.job_events())
     if state in scheduler.ACTIVE:
         raise UserError(f"run {run.name} is {state} (job {run.job_id}); cancel it first or wait for it to end")
     old = run.manifest
@@ -133,7 +138,8 @@ def plan_resume(args, run_root: Path) -> Plan:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(old["config"]))
         config = load_config(path, list(args.overrides or []))
-    done = max([0] + [int(c.name.split("-")[1]) for c in gather.complete_checkpoints(run.dir)])
+    latest = run.rundir.latest()
+    done = step_of(latest) if latest else 0
     if done >= config.train.steps:
         raise UserError(f"run {run.name} has a checkpoint at step {done} of {config.train.steps}: nothing to resume "
                         "(train longer with --set train.steps=N)")
@@ -153,7 +159,8 @@ def plan_resume(args, run_root: Path) -> Plan:
     folder = run_root / ".submitit" / f"{runs.timestamp()}-{secrets.token_hex(3)}"
     return Plan(profile, resources, run_root, [planned], clusters.parse_time(args.time) if args.time else
                 profile.time_min, args.partition, run.name, folder,
-                command=[Path(sys.executable).name, "-m", "launcher", *sys.argv[1:]], resume_of=old)
+                command=[Path(sys.executable).name, "-m", "launcher", *sys.argv[1:]], resume_of=old,
+                snapshot=not getattr(args, "no_snapshot", False))
 
 
 def _absolute_data_root(root: str | None) -> list[str]:
@@ -185,13 +192,14 @@ def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:
         if not r.run_dir.exists():
             r.run_dir.mkdir(parents=True)
             created.append(r.run_dir)
-    env = {"PYTHONPATH": _pythonpath()}
+    code = take_snapshot(p.folder) if p.snapshot else live_code()
+    env = job_env(code["path"])
     captured = io.StringIO()  # submitit prints sbatch's stderr itself before raising: keep the one-line error
     try:
         executor = make_executor(p.profile, p.resources, p.folder, p.job_name, time_min=p.time_min,
-                                          partition=p.partition, env=env)
+                                 partition=p.partition, env=env, workdir=code["path"] if p.snapshot else None)
         local = p.profile.executor == "local"
-        with _submission_env(env), contextlib.redirect_stderr(captured), \
+        with submission_env(env), contextlib.redirect_stderr(captured), chdir(code["path"] if p.snapshot else None), \
                 (std_fds_to(p.folder / "controller.log") if local else contextlib.nullcontext()):
             if len(p.runs) == 1:
                 r = p.runs[0]
@@ -213,10 +221,9 @@ def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:
         from submitit.core.utils import FailedJobError
 
         if isinstance(exc, FailedJobError):
-            raise UserError(f"sbatch refused the job: {_sbatch_message(exc)}") from None
+            raise UserError(f"sbatch refused the job: {sbatch_message(exc)}") from None
         raise
     sys.stderr.write(captured.getvalue())
-    git = runs.git_info(clusters.REPO_ROOT)
     submitted_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     out = []
     for r, job in zip(p.runs, jobs):
@@ -224,7 +231,8 @@ def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:
         manifest = {
             "version": 1, "run": r.name, "experiment": r.experiment, "seed": r.seed, "run_dir": str(r.run_dir),
             "run_root": str(p.run_root), "submitted_at": submitted_at, "command": shlex.join(p.command),
-            **runs.who(), "git": git,
+            **runs.who(), "git": {k: code.get(k) for k in ("commit", "dirty", "repo", "version")},
+            "code": {"snapshot": code["path"] if p.snapshot else None, "source": code["source"]},
             "job": {"id": job.job_id, "array_job_id": array_id if index else None,
                     "array_index": int(index) if index else None, "name": p.job_name,
                     "folder": str(p.folder), "log": str(p.folder / f"{job.job_id}_0_log.out")},
@@ -248,30 +256,22 @@ def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:
     return out, jobs
 
 
-def _pythonpath() -> str:
-    parts = [str(clusters.REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return os.pathsep.join(dict.fromkeys(parts))
+def job_env(code_path: str) -> dict[str, str]:
+    """What every task of a job gets: the code it imports first (the snapshot, or the live packages)."""
+    parts = [code_path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
 
 
 @contextlib.contextmanager
-def _submission_env(env: dict[str, str]):
-    """submitit's clean_env (no SLURM_*/RANK/MASTER_* leak into the job) plus the job's PYTHONPATH."""
-    from submitit.helpers import clean_env
-
-    with clean_env():
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-
-def _sbatch_message(exc: Exception) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
-    return "; ".join(lines) or text or repr(exc)
+def chdir(path: str | None):
+    """The local executor's tasks inherit our working directory: make it the snapshot, so that ``python -m``'s
+    first sys.path entry is the snapshot too (and not a checkout the user is editing)."""
+    if path is None:
+        yield
+        return
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -35,3 +35,49 @@ def run_torchrun(nproc: int, *args, env: dict | None = None, timeout: int = 600,
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
     return out
+
+
+# ---- the run directory, as the tests read it (cyclegan_dist.rundir is the one module that knows its layout)
+
+def latest_checkpoint(run_dir) -> Path | None:
+    from cyclegan_dist.rundir import RunDir
+
+    return RunDir(run_dir).latest()
+
+
+def list_complete(run_dir) -> list[Path]:
+    from cyclegan_dist.rundir import RunDir
+
+    return RunDir(run_dir).complete_checkpoints()
+
+
+def read_metrics(run_dir) -> list[dict]:
+    from cyclegan_dist.rundir import RunDir
+
+    return RunDir(run_dir).metrics()
+
+
+def result_json(stdout: str) -> dict:
+    """The result a ``train --json`` run printed."""
+    import json
+
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def tiny_shard_root(root: Path, photos: int = 12, paintings: int = 10, size: int = 96) -> Path:
+    """A small real shard root (domains ``photo`` and ``monet``): crops of scikit-image's bundled photos, so that
+    what needs the real Inception (in-training FID, collect, report) runs on a few dozen images, not 300."""
+    import numpy as np
+    import skimage.data
+
+    from cyclegan_dist.data.prepare import prepare_shards
+
+    def crops(image, n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
+            yield f"crop{i:03d}", np.ascontiguousarray(image[y:y + size, x:x + size])
+
+    prepare_shards({"photo": crops(skimage.data.astronaut(), photos, 0),
+                    "monet": crops(skimage.data.coffee(), paintings, 1)}, root, shard_size=5, progress=False)
+    return root

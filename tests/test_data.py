@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -17,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan_dist.data.prepare import add_prepare_parser, prepare_shards
-from cyclegan_dist.data.shards import decode_rgb
+from cyclegan_dist.cli import build_parser
+from cyclegan_dist.data.prepare import prepare_shards
 from cyclegan_dist.data.streams import InfiniteSampler, UnpairedShardDataset, iter_domain, make_loader
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import decode as decode_rgb
 
 _ASTRO = None
 
@@ -166,8 +166,7 @@ def test_rerun_refuses_and_keeps_old_shards(tmp_path):
 
 
 def test_cli_prepare(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_prepare_parser(parser.add_subparsers(dest="cmd"))
+    parser = build_parser()
     args = parser.parse_args([
         "prepare", "--photos", str(_folder(tmp_path / "p", 3)), "--paintings", str(_folder(tmp_path / "q", 2)),
         "--out", str(tmp_path / "o"), "--domains", "photo,art", "--shard-size", "2", "--no-progress",
@@ -261,7 +260,8 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, caplog):
 
 
 def _same(a: dict, b: dict) -> bool:
-    return a["A_key"] == b["A_key"] and a["B_key"] == b["B_key"] and torch.equal(a["A"], b["A"]) and torch.equal(a["B"], b["B"])
+    return (a["A_key"] == b["A_key"] and a["B_key"] == b["B_key"] and torch.equal(a["A"], b["A"])
+            and torch.equal(a["B"], b["B"]) and a["A_flip"] == b["A_flip"] and a["B_flip"] == b["B_flip"])
 
 
 def test_item_is_pure_function_of_seed_rank_k(shard_root):
@@ -272,8 +272,8 @@ def test_item_is_pure_function_of_seed_rank_k(shard_root):
     for k in reversed(ks):  # another instance, another access order: same items
         assert _same(first[k], ds2[k])
     it = ds1[0]
-    assert it["A"].shape == (3, 32, 32) and it["B"].shape == (3, 32, 32) and it["A"].dtype == torch.float32
-    assert it["A"].min() >= -1 and it["A"].max() <= 1 and it["A"].min() < 0 < it["A"].max()
+    assert it["A"].shape == (3, 32, 32) and it["B"].shape == (3, 32, 32) and it["A"].dtype == torch.uint8  # IPC: uint8
+    assert it["A"].min() < 128 < it["A"].max() and isinstance(it["A_flip"], bool)
     assert len(ds1) == 10
     other_rank = UnpairedShardDataset(shard_root, rank=1, **kw)
     other_seed = UnpairedShardDataset(shard_root, seed=1, **kw)
@@ -315,7 +315,7 @@ def test_iter_domain_every_image_once_across_ranks(shard_root):
     all_keys = [k for k, _ in iter_domain(shard_root, "photo", size=24)]
     assert len(all_keys) == index["domains"]["photo"]["count"] == len(set(all_keys))
     _, t = next(iter_domain(shard_root, "photo", size=24))
-    assert t.shape == (3, 24, 24) and -1 <= t.min() and t.max() <= 1
+    assert t.shape == (3, 24, 24) and t.dtype == torch.uint8
     for ws in (2, 3, 5):  # 3 shards: 5 ranks forces the per-sample split
         parts = [[k for k, _ in iter_domain(shard_root, "photo", r, ws, size=24)] for r in range(ws)]
         flat = [k for p in parts for k in p]
@@ -324,25 +324,30 @@ def test_iter_domain_every_image_once_across_ranks(shard_root):
 
 
 def test_transforms_roundtrip_and_reference_semantics():
-    from cyclegan_dist.data.transforms import eval_transform, pil_to_tensor, to_uint8_image, train_transform
+    """Workers ship uint8 crops and a flip flag; ``normalize`` (on the device) gives exactly what the reference's
+    torchvision pipeline (Resize bicubic, crop, flip, ToTensor, Normalize(0.5, 0.5)) gives."""
+    import torchvision.transforms as T
+
+    from cyclegan_dist.data.transforms import eval_image, normalize, to_uint8, train_crop, uint8_chw
 
     a = _photo(3, 40, 50)
     img = Image.fromarray(a)
-    assert np.array_equal(to_uint8_image(pil_to_tensor(img)), a)
-    assert to_uint8_image(pil_to_tensor(img)[None]).shape == (1, 40, 50, 3)
-    t1 = train_transform(img, np.random.default_rng(3), load_size=36, crop_size=32)
-    t2 = train_transform(img, np.random.default_rng(3), load_size=36, crop_size=32)
-    assert torch.equal(t1, t2) and t1.shape == (3, 32, 32)
+    assert np.array_equal(to_uint8(normalize(uint8_chw(img)[None]))[0], a)
+    assert to_uint8(normalize(uint8_chw(img)[None])).shape == (1, 40, 50, 3)
+    (t1, f1), (t2, f2) = (train_crop(img, np.random.default_rng(3), load_size=36, crop_size=32) for _ in range(2))
+    assert torch.equal(t1, t2) and f1 == f2 and t1.shape == (3, 32, 32) and t1.dtype == torch.uint8
     # the same crop/flip by hand: resize 36x36 bicubic, crop at the drawn (x, y), flip if drawn < 0.5
     g = np.random.default_rng(3)
-    x, y, flip = int(g.integers(0, 5)), int(g.integers(0, 5)), g.random() < 0.5
+    x, y, flip = int(g.integers(0, 5)), int(g.integers(0, 5)), bool(g.random() < 0.5)
     ref = np.asarray(img.resize((36, 36), Image.BICUBIC))[y : y + 32, x : x + 32]
-    assert np.array_equal(to_uint8_image(t1), ref[:, ::-1] if flip else ref)
-    assert eval_transform(img, 24).shape == (3, 24, 24)
-    import torchvision.transforms as T
-
-    ref = T.Compose([T.Resize([24, 24], T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    assert torch.equal(eval_transform(img, 24), ref(img))  # bit-identical to the torchvision pipeline
+    assert f1 == flip
+    flipped = normalize(t1[None], torch.tensor([f1]))[0]
+    assert np.array_equal(to_uint8(flipped), ref[:, ::-1] if flip else ref)
+    mirror = normalize(t1[None], torch.tensor([True]))[0]
+    assert torch.equal(mirror, normalize(t1[None])[0].flip(-1))
+    reference = T.Compose([T.Resize([24, 24], T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    assert eval_image(img, 24).shape == (3, 24, 24)
+    assert torch.equal(normalize(eval_image(img, 24)[None])[0], reference(img))  # bit-identical to torchvision
 
 
 # ------------------------------------------------------------------------------------------ Kaggle
@@ -371,8 +376,7 @@ def test_kaggle_jpg_layout_preferred_with_warnings(tmp_path, caplog):
     _square_jpegs(k / "photo_jpg", 4, 0)
     _square_jpegs(k / "monet_jpg", 3, 100, odd=1)
     _write_tfrec(k / "monet_tfrec" / "monet00-2.tfrec", ["zzz", "yyy"])  # ignored: jpg dirs win
-    parser = argparse.ArgumentParser()
-    add_prepare_parser(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["prepare", "--kaggle", str(k), "--out", str(tmp_path / "o"), "--no-progress"])
     with caplog.at_level(logging.WARNING):
         assert args.func(args) == 0

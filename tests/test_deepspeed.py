@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cyclegan_dist.checkpoint import latest_checkpoint
-from cyclegan_dist.tracking import read_metrics
 
-from helpers import run_torchrun
+from helpers import latest_checkpoint, read_metrics, run_torchrun
 
 pytest.importorskip("deepspeed", reason="the 'deepspeed' extra is not installed (pip install -e '.[deepspeed]')")
 
 ZERO2 = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-         "train.log_every=1", "train.deepspeed=configs/deepspeed/zero2.json", "loss.pool_size=2"]
+         "train.log_every=1", "train.deepspeed=deepspeed/zero2.json", "loss.pool_size=2"]
 
 
 def test_zero2_two_ranks_equal_weights_and_exact_resume(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cyclegan_dist.data.demo import _band, demo_eval_pairs, ensure_demo_shards, painterly
-from cyclegan_dist.data.shards import decode_rgb
 from cyclegan_dist.data.streams import UnpairedShardDataset, make_loader
 from cyclegan_dist.data.transforms import psnr
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import decode as decode_rgb
 
 SMALL = dict(size=32, n_train=40, n_test=8)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
@@ -18,15 +17,13 @@ from safetensors.torch import save_file
 
 from cyclegan_dist.config import load_config, write_config
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.eval.export import export_zip, to_input, to_uint8
-from cyclegan_dist.eval.export_command import add_export_parser
-from cyclegan_dist.eval.generator_io import (
-    export_generator,
-    infer_architecture,
-    load_generator,
-    load_junyanz_pair,
-)
+from cyclegan_dist.cli import build_parser
+from cyclegan_dist.data.transforms import normalize, to_uint8
+from cyclegan_dist.eval.export import export_zip, photo_tensor
+from cyclegan_dist.images import ImageSource
 from cyclegan_dist.models import build_generator
+from cyclegan_dist.models.io import export_generator, infer_architecture, load_generator, load_junyanz_pair
+from cyclegan_dist.rundir import RunDir
 
 NGF = 4
 
@@ -101,7 +98,7 @@ def test_checkpoint_dir_and_run_dir(tmp_path):
     write_checkpoint(tmp_path / "run", 200, newer_A, tiny(4))
     (tmp_path / "run/checkpoints/step-00000300").mkdir()  # incomplete: ignored
     assert same_output(load_generator(tmp_path / "run")[0], newer_A)
-    (tmp_path / "run/checkpoints/best").write_text("step-00000100\n")
+    RunDir(tmp_path / "run").write_best("step-00000100", 100, 1.0)
     assert same_output(load_generator(tmp_path / "run")[0], G_A)
     assert same_output(load_generator(tmp_path / "run/checkpoints")[0], G_A)
 
@@ -215,8 +212,6 @@ def test_export_generator_round_trip(tmp_path):
 
 
 def test_export_zip(photo_dir, tmp_path):
-    from cyclegan_dist.eval.images_io import ImageSource
-
     net = tiny(7)
     src = ImageSource(photo_dir)
     out = tmp_path / "images.zip"
@@ -232,7 +227,7 @@ def test_export_zip(photo_dir, tmp_path):
         stem = Path(name).stem
         key = "dup-1.jpg" if name == "b/dup.png" or name == "b/dup.jpg" else f"{stem}.jpg"
         with torch.inference_mode():
-            expected[key] = to_uint8(net(to_input(image)[None]))[0].astype(np.int16)
+            expected[key] = to_uint8(net(normalize(photo_tensor(image)[None])))[0].astype(np.int16)
     names = sorted(expected)
     spread = np.mean([np.abs(expected[a] - expected[b]).mean() for a, b in itertools.pairwise(names)])
     assert spread > 10, "the test generator must depend on its input"
@@ -241,17 +236,15 @@ def test_export_zip(photo_dir, tmp_path):
         assert errors[key] < 4.5, (key, errors[key])  # a random net's output is noise: the worst case for JPEG
         assert min(errors, key=errors.get) == key
 
-    # tensors in [-1, 1] (what the shard streams yield) give the same result as the uint8 arrays
+    # uint8 tensors (what the shard streams yield) give the same result as the uint8 arrays
     _, first = next(iter(ImageSource(photo_dir)))
-    t = to_input(first)
+    t = photo_tensor(first)
     out2 = tmp_path / "t.zip"
     assert export_zip(net, [("x/y.png", t), ("x/y.png", t)], out2, progress=False, limit=1) == 1
     assert np.array_equal(read_zip(out2)["y.jpg"], got["dup.jpg"])  # a/dup.jpg comes first
 
 
 def test_interrupted_export_keeps_the_old_zip(photo_dir, tmp_path):
-    from cyclegan_dist.eval.images_io import ImageSource
-
     out = tmp_path / "images.zip"
     out.write_bytes(b"the previous, complete export")
 
@@ -272,8 +265,7 @@ def test_interrupted_export_keeps_the_old_zip(photo_dir, tmp_path):
 
 def test_export_command(photo_dir, tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path / "run", 5, tiny(1), tiny(2))
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
 
     def run(*argv: str) -> int:
         args = parser.parse_args(["export", *argv])
@@ -284,10 +276,11 @@ def test_export_command(photo_dir, tmp_path, capsys):
     assert run(*base, "--limit", "4", "--device", "cpu") == 0
     assert len(read_zip(out)) == 4
     err = capsys.readouterr().err
-    assert "warning: 4 files; Kaggle wants between 7000 and 10000" in err
-    assert run(*base, "--strict") == 2  # all 12, still too few for Kaggle
-    assert len(read_zip(out)) == 12
-    assert run(*base, "--no-validate", "--direction", "BtoA", "--batch-size", "12") == 0
+    assert "warning: 4 images; Kaggle wants 7000-10000" in err
+    assert run(*base, "--strict") == 2  # all 12, still too few for Kaggle: not written, the old zip stays
+    assert len(read_zip(out)) == 4 and "was not written" in capsys.readouterr().err
+    assert run(*base, "--direction", "BtoA", "--batch-size", "12") == 0
+    assert len(read_zip(out)) == 12 and not list(tmp_path.glob(".*.zip"))
 
     assert run("--checkpoint", str(ckpt), "--generator-only", str(tmp_path / "gen")) == 0
     assert (tmp_path / "gen" / "generator.safetensors").is_file()

@@ -4,7 +4,6 @@ Real photos come from pip packages (scikit-image, matplotlib); nothing is downlo
 costs ~0.05-0.3 s per image on CPU.
 """
 
-import argparse
 import io
 import json
 import warnings
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.eval import commands
+from cyclegan_dist.cli import build_parser
 from cyclegan_dist.eval.fid import (
     RealStatsCache,
     compute_fid_mifid,
@@ -26,7 +25,8 @@ from cyclegan_dist.eval.fid import (
     mifid,
     statistics,
 )
-from cyclegan_dist.eval.images_io import ImageSource, read_images, to_rgb_array
+from cyclegan_dist.images import ImageSource, read_images
+from cyclegan_dist.images import to_array as to_rgb_array
 from cyclegan_dist.eval.inception import InceptionFeatures, load_inception, tf_bilinear_resize
 
 # ------------------------------------------------------------------------------------------------- test images
@@ -367,11 +367,7 @@ def test_sources_skip_unreadable_and_fail_when_empty(tmp_path, photos):
 
 
 def _run_fid(argv):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    commands.add_fid_parser(sub)
-    commands.add_validate_submission_parser(sub)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

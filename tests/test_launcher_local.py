@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launcher.runs import JOB_EVENTS
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=0", "model.ngf=8",
         "model.ndf=8", "data.num_workers=0", "wandb.mode=offline"]
@@ -47,8 +49,9 @@ def test_local_executor_runs_smoke_end_to_end(tmp_path):
     assert [r["step"] for r in records if "loss/G" in r] == [2, 4, 6]
     assert {r["world_size"] for r in records if "world_size" in r} == {2}
     assert (run_dir / "checkpoints" / "step-00000006" / "complete").is_file()
-    events = [json.loads(line)["event"] for line in (run_dir / "job-events.jsonl").read_text().splitlines()]
-    assert events == ["start", "completed"]
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e for e in events if e in JOB_EVENTS] == ["start", "completed"]
+    assert events.index("train_start") < events.index("train_end") < events.index("completed")
 
     status = launcher("status", "--json", env=env, cwd=tmp_path, timeout=60)
     assert status.returncode == 0, status.stderr

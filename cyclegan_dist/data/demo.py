@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cyclegan_dist.cache import cache_root
 from cyclegan_dist.data.shards import INDEX_NAME
-from cyclegan_dist.data.transforms import psnr  # noqa: F401  (re-exported: demo PSNR checks)
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import resize
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: JPEGs with 4:4:4 chroma (cyclegan_dist.images)
 DEMO_SEED = 20240601
 EVAL_PAIRS = "eval-pairs.npy"
 DOMAINS = ("photo", "painting")
@@ -123,15 +124,11 @@ def _crops(images, which: int, n: int, size: int) -> np.ndarray:
         ch = int(max(8, min(bh, round(s / np.sqrt(ar)))))
         cx = x0 + int(rng.integers(0, bw - cw + 1))
         cy = y0 + int(rng.integers(0, bh - ch + 1))
-        crop = Image.fromarray(img[cy : cy + ch, cx : cx + cw]).resize((size, size), Image.BICUBIC)
+        crop = resize(Image.fromarray(img[cy : cy + ch, cx : cx + cw]), size)
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         out[t] = np.asarray(crop)
     return out
-
-
-def demo_cache_root() -> Path:
-    return Path(os.environ.get("CYCLEGAN_DIST_CACHE") or "~/.cache/cyclegan-dist").expanduser()
 
 
 def _params(size, n_photo, n_paint, n_test) -> dict:
@@ -156,8 +153,8 @@ def ensure_demo_shards(root=None, size: int = 64, n_train: int = _DEFAULTS[0], n
     """Build (once) and return the demo shard root: domains "photo" (``n_train`` crops) and "painting"
     (``n_paintings`` crops, default ``n_train // 2``), plus ``n_test`` held-out pairs.
 
-    ``root`` is the shard root itself; default ``$CYCLEGAN_DIST_CACHE/demo-<size>-v1`` (cache default
-    ``~/.cache/cyclegan-dist``; non-default counts add ``-<photo>-<painting>-<test>`` to the name).
+    ``root`` is the shard root itself; default ``<cache_root()>/demo-<size>-v<DEMO_VERSION>`` (non-default
+    counts add ``-<photo>-<painting>-<test>`` to the name).
     Built in a temp dir and renamed: concurrent callers (several ranks) are safe, a second call is instant.
     """
     size, n_photo, n_test = int(size), int(n_train), int(n_test)
@@ -170,7 +167,7 @@ def ensure_demo_shards(root=None, size: int = 64, n_train: int = _DEFAULTS[0], n
         name = f"demo-{size}-v{DEMO_VERSION}"
         if (n_photo, n_paint, n_test) != _DEFAULTS:
             name += f"-{n_photo}-{n_paint}-{n_test}"
-        root = demo_cache_root() / name
+        root = cache_root() / name
     root = Path(root).expanduser().absolute()
     if _is_built(root, params):
         return root
@@ -214,14 +211,18 @@ def _build(out: Path, params: dict) -> None:
     np.save(out / EVAL_PAIRS, pairs, allow_pickle=False)
 
 
-def demo_eval_pairs(root=None):
-    """Held-out ``(x, t)``: float tensors Nx3xSxS in [-1, 1], ``t = painterly(x)``; root None = default demo."""
+def demo_eval_pairs(root=None, size: int | None = None):
+    """Held-out ``(x, t)``: float tensors Nx3xSxS in [-1, 1], ``t = painterly(x)``, resized to ``size`` (bicubic,
+    as every image that enters a network); root None = the default demo set."""
     import torch
+
+    from cyclegan_dist.data.transforms import eval_image, normalize
 
     root = ensure_demo_shards() if root is None else Path(root).expanduser()
     path = root / EVAL_PAIRS
     if not path.is_file():
         raise UserError(f"{path} not found: {root} is not a demo shard root (build one with ensure_demo_shards)")
     pairs = np.load(path, allow_pickle=False)
-    t = torch.from_numpy(pairs).permute(0, 1, 4, 2, 3).to(torch.float32).div_(255.0).sub_(0.5).div_(0.5)
-    return t[0].contiguous(), t[1].contiguous()
+    size = size or pairs.shape[2]
+    x, t = (normalize(torch.stack([eval_image(a, size) for a in part])) for part in pairs)
+    return x, t

@@ -11,7 +11,6 @@ fast on large photos; the loader still resizes to ``load_size`` square as the re
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures as cf
 import logging
@@ -24,20 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cyclegan_dist.data.shards import (
-    IMAGE_EXTS,
-    INDEX_NAME,
-    INDEX_VERSION,
-    check_domain_name,
-    encode_jpeg,
-    exif_upright,
-    open_image,
-    sanitize_key,
-    shard_name,
-    to_rgb8,
-    write_json_atomic,
-)
+from cyclegan_dist.data.shards import INDEX_NAME, INDEX_VERSION, check_domain_name, sanitize_key, shard_name
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import IMAGE_EXTS, JPEG_QUALITY, encode_jpeg, from_array, open_image, resize_shorter, to_rgb, upright
+from cyclegan_dist.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
 _SHOW = 5  # how many skipped names a warning lists
@@ -77,23 +66,20 @@ def _process(item, resize, min_size, quality):
         if raw is not None:
             img = open_image(raw)
         elif isinstance(payload, np.ndarray):
-            img = Image.fromarray(np.ascontiguousarray(payload))
+            img = from_array(payload)
         else:
             img = payload
             img.load()
         fmt, mode = img.format, img.mode
-        img, rotated = exif_upright(img)
-        img = to_rgb8(img)
+        img, rotated = upright(img)
+        img = to_rgb(img)
     except Exception:  # corrupt, truncated, unsupported mode, decompression bomb: skipped and counted
         return ("corrupt", name)
     w, h = img.size
     if min(w, h) < min_size:
         return ("small", name)
     if resize:
-        s = resize / min(w, h)
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        if size != img.size:
-            img = img.resize(size, Image.BICUBIC)
+        img = resize_shorter(img, resize)
     if raw is not None and fmt == "JPEG" and mode == "RGB" and not rotated and img.size == (w, h):
         data = raw  # already an RGB JPEG at the right size: keep the bytes (no generation loss)
     else:
@@ -204,7 +190,7 @@ def prepare_shards(
     out_dir,
     shard_size: int = 1000,
     resize: int | None = None,
-    quality: int = 95,
+    quality: int = JPEG_QUALITY,
     progress: bool = True,
     *,
     min_size: int = 0,
@@ -252,7 +238,7 @@ def prepare_shards(
                 name, src, tmp, int(shard_size), resize and int(resize), int(min_size), int(quality), progress, workers
             )
         index.update(extra or {})
-        write_json_atomic(tmp / INDEX_NAME, index)
+        atomic_write_json(tmp / INDEX_NAME, index)
         _swap_in(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -272,56 +258,3 @@ def _swap_in(tmp: Path, out: Path, overwrite: bool) -> None:
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``prepare`` on an argparse subparsers object; sets ``func(args) -> int``."""
-    p = subparsers.add_parser(
-        "prepare",
-        help="image folders or the Kaggle layout -> WebDataset shards",
-        description="Convert two image folders (photos, paintings) or the Kaggle 'I'm Something of a Painter "
-        "Myself' layout into WebDataset shards plus index.json, the input of training.",
-    )
-    p.add_argument("--photos", metavar="DIR", help="folder of photos (recursive), domain A")
-    p.add_argument("--paintings", metavar="DIR", help="folder of paintings (recursive), domain B")
-    p.add_argument("--kaggle", metavar="DIR", help="Kaggle competition folder (monet_jpg/ photo_jpg/ or *_tfrec/)")
-    p.add_argument("--out", metavar="DIR", required=True, help="shard root to write")
-    p.add_argument("--domains", default="photo,monet", help="names of the photo and painting domains (default photo,monet)")
-    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per tar (default 1000)")
-    p.add_argument("--resize", type=int, default=None, metavar="N",
-                   help="resize the shorter side to N px at prepare time (286 for the reference pipeline)")
-    p.add_argument("--min-size", type=int, default=0, metavar="N", help="skip images whose shorter side is < N px")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images (default 95)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing shard root at --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_prepare)
-    return p
-
-
-def run_prepare(args) -> int:
-    names = [d.strip() for d in str(args.domains).split(",")]
-    if len(names) != 2 or len(set(names)) != 2:
-        raise UserError(f"--domains must be two different names separated by a comma (e.g. photo,monet), got {args.domains!r}")
-    if args.kaggle:
-        if args.photos or args.paintings:
-            raise UserError("--kaggle replaces --photos/--paintings: give either --kaggle DIR or both folders")
-        from cyclegan_dist.data.kaggle import kaggle_sources
-
-        src = kaggle_sources(args.kaggle)
-        domains = {names[0]: src["photo"], names[1]: src["monet"]}
-    else:
-        if not (args.photos and args.paintings):
-            raise UserError("prepare needs --photos DIR and --paintings DIR (or --kaggle DIR)")
-        domains = {names[0]: args.photos, names[1]: args.paintings}
-    index = prepare_shards(
-        domains, args.out, shard_size=args.shard_size, resize=args.resize, quality=args.quality,
-        progress=not args.no_progress, min_size=args.min_size, overwrite=args.overwrite,
-    )
-    for name, d in index["domains"].items():
-        skipped = d["skipped_corrupt"] + d["skipped_small"]
-        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s)" + (f", {skipped} skipped" if skipped else ""))
-    print(f"wrote {Path(args.out).expanduser() / INDEX_NAME}")
-    return 0

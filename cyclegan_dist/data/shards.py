@@ -1,4 +1,4 @@
-"""Shard root layout, ``index.json``, and strict image decoding (no torch import here).
+"""Shard root layout and ``index.json`` (no torch import here; images are decoded by ``cyclegan_dist.images``).
 
 A shard root holds, per domain, WebDataset tars ``<domain>-000000.tar, <domain>-000001.tar, ...`` whose
 samples are ``{__key__, jpg}`` (RGB JPEG bytes), plus ``index.json``::
@@ -16,21 +16,15 @@ samples are ``{__key__, jpg}`` (RGB JPEG bytes), plus ``index.json``::
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps
-
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import IMAGE_EXTS
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PREPARE_HINT = "run `python -m cyclegan_dist prepare --photos DIR --paintings DIR --out ROOT` (or --kaggle DIR)"
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -46,21 +40,6 @@ def check_domain_name(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- index
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # plain open: honours umask
-    try:
-        with open(tmp, "x") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_index(root) -> dict:
@@ -132,76 +111,6 @@ def verify_shard(url: str, nsamples: int) -> None:
                 itf.close()
     if why:
         raise UserError(f"shard {url} is damaged: {why}; {PREPARE_HINT} again with --overwrite")
-
-
-# ------------------------------------------------------------------------------------------- decoding
-
-
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: 16/32-bit integer and float greyscale are rescaled (not clipped),
-    alpha is composited over white, palette/CMYK/L/LA/1/YCbCr converted."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(img).astype(np.float64)
-        if mode == "F":
-            hi = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
-        elif mode.startswith("I;16") or (a.size and a.max() > 255):
-            hi = 65535.0
-        else:
-            hi = 255.0
-        a = np.clip(np.nan_to_num(a) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if mode in ("P", "PA") and (mode == "PA" or "transparency" in img.info):
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-class _strict_decoding:
-    """Truncated images must raise, even if some other module set ``LOAD_TRUNCATED_IMAGES``."""
-
-    def __enter__(self):
-        self.saved = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-    def __exit__(self, *exc):
-        ImageFile.LOAD_TRUNCATED_IMAGES = self.saved
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Decode fully (raises on corrupt or truncated data); returns the image in its own mode."""
-    with _strict_decoding():
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    return img
-
-
-def decode_rgb(data: bytes) -> Image.Image:
-    """Bytes -> fully decoded 8-bit RGB PIL image; raises on corrupt or truncated data."""
-    return to_rgb8(open_image(data))
-
-
-def exif_upright(img: Image.Image) -> tuple[Image.Image, bool]:
-    """Apply an EXIF orientation tag (phone photos); returns (image, whether it changed)."""
-    try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:
-        orientation = 1
-    if orientation in (None, 1):
-        return img, False
-    return ImageOps.exif_transpose(img), True
-
-
-def encode_jpeg(img: Image.Image, quality: int = 95) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def sanitize_key(name: str) -> str:

@@ -30,9 +30,6 @@ once across ranks, in shard order.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import itertools
 import logging
 from pathlib import Path
@@ -41,9 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cyclegan_dist.data.shards import PREPARE_HINT, decode_rgb, read_index, shard_list, verify_shard
-from cyclegan_dist.data.transforms import eval_transform, train_transform
+from cyclegan_dist.data.shards import PREPARE_HINT, read_index, shard_list, verify_shard
+from cyclegan_dist.data.transforms import eval_image, train_crop
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import decode, iter_tar_samples, sample_image_bytes
 
 log = logging.getLogger(__name__)
 _PICK, _AUG = 0, 1
@@ -53,42 +51,37 @@ def item_rng(*entropy: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(e) for e in entropy])))
 
 
-def image_bytes(sample: dict) -> bytes:
-    """The encoded image of a sample (wids names members ``.jpg``, webdataset ``jpg``; png/webp accepted)."""
-    for ext in ("jpg", "jpeg", "png", "webp"):
-        for k in (ext, "." + ext):
-            if k in sample:
-                v = sample[k]
-                return v.getvalue() if hasattr(v, "getvalue") else bytes(v)
-    raise KeyError(f"sample {sample.get('__key__')!r} has no jpg/jpeg/png/webp member")
+class ShardReader:
+    """Random access by global index into one domain's tars, through ``wids``' public ``IndexedTarSamples``
+    (an mmap and an index of the members per tar, opened on first use; no copies, no lock files)."""
 
+    def __init__(self, shards: list[dict]):
+        self.urls = [s["url"] for s in shards]
+        self.starts = np.cumsum([0] + [s["nsamples"] for s in shards])
+        self._open: dict[int, object] = {}
 
-def _open_reader(shards: list[dict]):
-    """A ``wids.ShardListDataset`` over local tars: no decoding, no copy into a cache dir, no lock files."""
-    from wids import ShardListDataset
-    from wids.wids import IndexedTarSamples, LRUShards
+    def __getitem__(self, index: int) -> dict:
+        i = int(np.searchsorted(self.starts, index, side="right")) - 1
+        if i not in self._open:
+            from wids.wids import IndexedTarSamples
 
-    class LocalShards(LRUShards):
-        def get_shard(self, url):
-            self.accesses += 1
-            if url not in self.lru:
-                try:
-                    itf = IndexedTarSamples(path=url)
-                except Exception as e:
-                    raise UserError(f"cannot open shard {url} ({type(e).__name__}: {e}); {PREPARE_HINT}") from None
-                self.lru[url] = itf
-                self.misses += 1
-            return self.lru[url]
+            try:
+                self._open[i] = IndexedTarSamples(path=self.urls[i])
+            except Exception as e:  # noqa: BLE001 - a damaged tar: struct/ValueError/UnicodeDecodeError
+                raise UserError(f"cannot open shard {self.urls[i]} ({type(e).__name__}: {e}); {PREPARE_HINT}") from None
+        sample = dict(self._open[i][int(index - self.starts[i])])
+        sample["__shard__"] = self.urls[i]
+        return sample
 
-    lru = max(1, min(len(shards), 128))
-    with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line on construction
-        ds = ShardListDataset(shards, transformations=[], localname=str, lru_size=lru)
-    ds.cache = LocalShards(lru, localname=str)
-    return ds
+    def close(self) -> None:
+        for tar in self._open.values():
+            tar.close()
+        self._open = {}
 
 
 class UnpairedShardDataset(Dataset):
-    """Map-style: ``ds[k] -> {"A", "B": 3xCxC in [-1, 1], "A_key", "B_key": str, "skipped": int}`` for any k >= 0.
+    """Map-style: ``ds[k] -> {"A", "B": uint8 3xCxC, "A_flip", "B_flip": bool, "A_key", "B_key": str,
+    "skipped": int}`` for any k >= 0 (``transforms.normalize`` flips and scales a batch to [-1, 1] on the device).
 
     ``len(ds)`` is max(count A, count B), the reference's notion of an epoch; any k >= 0 is valid.
     """
@@ -135,7 +128,7 @@ class UnpairedShardDataset(Dataset):
 
     def _reader(self, which: int):
         if self._readers is None:
-            self._readers = [_open_reader(s) for s in self.shards]
+            self._readers = [ShardReader(s) for s in self.shards]
         return self._readers[which]
 
     def _draw(self, which: int, k: int):
@@ -144,7 +137,7 @@ class UnpairedShardDataset(Dataset):
             idx = int(item_rng(self.seed, self.rank, k, which, _PICK, attempt).integers(self.counts[which]))
             sample = self._reader(which)[idx]  # UserError if the shard cannot be opened
             try:
-                return decode_rgb(image_bytes(sample)), sample["__key__"], attempt
+                return decode(sample_image_bytes(sample)), sample["__key__"], attempt
             except Exception as e:
                 last = f"{sample.get('__key__')} in {sample.get('__shard__')} ({type(e).__name__}: {e})"
                 self.skipped += 1
@@ -165,7 +158,7 @@ class UnpairedShardDataset(Dataset):
         for which, name in ((0, "A"), (1, "B")):
             img, key, n = self._draw(which, k)
             rng = item_rng(self.seed, self.rank, k, which, _AUG)
-            out[name] = train_transform(img, rng, self.load_size, self.crop_size, self.flip)
+            out[name], out[name + "_flip"] = train_crop(img, rng, self.load_size, self.crop_size, self.flip)
             out[name + "_key"] = key
             skipped += n
         out["skipped"] = skipped
@@ -208,29 +201,8 @@ def make_loader(dataset, batch_size: int, start_sample: int = 0, num_workers: in
 # ------------------------------------------------------------------------------- sequential, for eval
 
 
-def _split_shards(src, rank: int, world_size: int):
-    yield from itertools.islice(src, rank, None, world_size)
-
-
-def _all_shards(src):
-    yield from src
-
-
-def _closing_open(sources):
-    """Replaces webdataset's StreamingOpen (which leaves every tar file open until GC): each local tar is
-    closed as soon as the next one is requested or the iteration stops."""
-    for src in sources:
-        url = src["url"] if isinstance(src, dict) else src
-        with open(url, "rb") as stream:
-            yield {"url": url, "stream": stream, "local_path": url}
-
-
-def _raise_user_error(exn, where: str):
-    raise UserError(f"cannot read the shards of {where} ({type(exn).__name__}: {exn}); {PREPARE_HINT} again") from exn
-
-
 def iter_domain(root, domain: str, rank: int = 0, world_size: int = 1, size: int = 256):
-    """Yield ``(key, 3xSxS tensor in [-1, 1])`` for this rank's share of ``domain``, in shard order.
+    """Yield ``(key, uint8 3xSxS tensor)`` for this rank's share of ``domain``, in shard order.
 
     Every image is yielded exactly once across ranks 0..world_size-1: shards are split by rank
     (shard i -> rank i % world_size); with fewer shards than ranks, samples are split instead
@@ -250,32 +222,19 @@ def iter_domain(root, domain: str, rank: int = 0, world_size: int = 1, size: int
 
 
 def _iter_samples(shards, rank, world_size, size, by_shard, where):
-    import webdataset as wds
-    from webdataset.cache import StreamingOpen
+    def on_error(exn: Exception) -> bool:
+        raise UserError(f"cannot read the shards of {where} ({type(exn).__name__}: {exn}); {PREPARE_HINT} again")
 
-    ds = wds.WebDataset(
-        [s["url"] for s in shards],
-        shardshuffle=False,
-        nodesplitter=functools.partial(_split_shards, rank=rank, world_size=world_size) if by_shard else _all_shards,
-        workersplitter=None,
-        empty_check=False,
-        seed=0,  # never draw a seed from python's global RNG
-        handler=functools.partial(_raise_user_error, where=where),
-    )
-    ds.pipeline = [_closing_open if isinstance(stage, StreamingOpen) else stage for stage in ds.pipeline]
     skipped = []
-    it = iter(ds)
-    try:
-        for j, sample in enumerate(it):
-            if not by_shard and j % world_size != rank:
-                continue
-            try:
-                img = decode_rgb(image_bytes(sample))
-            except Exception:
-                skipped.append(sample.get("__key__"))
-                continue
-            yield sample["__key__"], eval_transform(img, size)
-    finally:  # also when the caller stops early: close the open tar stream now, not at GC
-        getattr(it, "close", lambda: None)()
+    samples = iter_tar_samples([s["url"] for s in shards], on_error, *((rank, world_size) if by_shard else (0, 1)))
+    for j, sample in enumerate(samples):
+        if not by_shard and j % world_size != rank:
+            continue
+        try:
+            img = decode(sample_image_bytes(sample))
+        except Exception:  # noqa: BLE001 - undecodable: skipped and counted
+            skipped.append(sample.get("__key__"))
+            continue
+        yield sample["__key__"], eval_image(img, size)
     if skipped:
         log.warning("%s: skipped %d unreadable image(s), first: %s", where, len(skipped), ", ".join(map(str, skipped[:5])))

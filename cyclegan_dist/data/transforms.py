@@ -1,13 +1,16 @@
-"""The reference image pipeline (junyanz ``--preprocess resize_and_crop``), with explicit randomness.
+"""The reference image pipeline (junyanz ``--preprocess resize_and_crop``) with explicit randomness, and the
+conversions between uint8 images and the networks' [-1, 1] tensors.
+
+Workers ship uint8 (4x fewer bytes than float32 through the DataLoader's IPC); :func:`normalize` turns a batch
+into the networks' input on the device, flipping the images whose flag is set.
 
 Train: resize to ``load_size`` x ``load_size`` (bicubic, aspect not kept, as
-``transforms.Resize([load_size, load_size], BICUBIC)``) -> random ``crop_size`` crop -> horizontal flip
-with p=0.5 -> ToTensor -> Normalize(0.5, 0.5), i.e. values in [-1, 1].
-Eval: resize to ``crop_size`` square, no crop, no flip.
+``transforms.Resize([load_size, load_size], BICUBIC)``) -> random ``crop_size`` crop -> horizontal flip with
+p=0.5 -> ToTensor -> Normalize(0.5, 0.5), i.e. values in [-1, 1]. Eval: resize to ``size`` square, no crop/flip.
 
 All randomness comes from the ``numpy.random.Generator`` the caller passes (the stream seeds it from
-(seed, rank, sample index)); the torch and numpy global RNGs are never touched. The draw order mirrors
-the reference ``get_params``: crop x, crop y, then flip.
+(seed, rank, sample index)); the torch and numpy global RNGs are never touched. The draw order mirrors the
+reference ``get_params``: crop x, crop y, then flip.
 """
 
 from __future__ import annotations
@@ -18,45 +21,50 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """8-bit RGB PIL image -> float tensor 3xHxW in [-1, 1] (ToTensor then Normalize(0.5, 0.5))."""
-    a = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
-    # same float32 operations as torchvision (ToTensor: /255, Normalize: (x - 0.5) / 0.5), bit-identical,
-    # done in numpy on HWC then made contiguous CHW (torch ops on the permuted view are much slower)
-    f = (a.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
-    return torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))
+from cyclegan_dist.images import resize
 
 
-def train_transform(
-    img: Image.Image, rng: np.random.Generator, load_size: int = 286, crop_size: int = 256, flip: bool = True
-) -> torch.Tensor:
+def uint8_chw(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> uint8 tensor 3 x H x W."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def train_crop(img: Image.Image, rng: np.random.Generator, load_size: int = 286, crop_size: int = 256,
+               flip: bool = True) -> tuple[torch.Tensor, bool]:
+    """(uint8 3 x crop x crop, whether to flip it): the flip itself happens in :func:`normalize`."""
     if crop_size > load_size:
         raise ValueError(f"crop_size {crop_size} > load_size {load_size}")
-    if img.size != (load_size, load_size):
-        img = img.resize((load_size, load_size), Image.BICUBIC)
+    img = resize(img, load_size)
     x = int(rng.integers(0, load_size - crop_size + 1))
     y = int(rng.integers(0, load_size - crop_size + 1))
     do_flip = bool(rng.random() < 0.5)
     if crop_size != load_size:
         img = img.crop((x, y, x + crop_size, y + crop_size))
-    if flip and do_flip:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return pil_to_tensor(img)
+    return uint8_chw(img), flip and do_flip
 
 
-def eval_transform(img: Image.Image, size: int = 256) -> torch.Tensor:
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    return pil_to_tensor(img)
+def eval_image(img: Image.Image | np.ndarray, size: int = 256) -> torch.Tensor:
+    """One photo (RGB PIL or uint8 H x W x 3) -> uint8 3 x size x size (bicubic)."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(np.ascontiguousarray(img), "RGB")
+    return uint8_chw(resize(img, size))
 
 
-def to_uint8_image(t: torch.Tensor) -> np.ndarray:
-    """[-1, 1] tensor 3xHxW (or Nx3xHxW) -> uint8 HxWx3 (or NxHxWx3) array, for saving."""
-    t = t.detach().to("cpu", torch.float32)
-    if t.dim() not in (3, 4) or t.shape[-3] != 3:
-        raise ValueError(f"expected 3xHxW or Nx3xHxW, got {tuple(t.shape)}")
-    a = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+def normalize(x: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 N x 3 x H x W (any device) -> float32 in [-1, 1] as ToTensor + Normalize(0.5, 0.5) compute it
+    ((x / 255 - 0.5) / 0.5, bit-identical); rows whose ``flip`` is true are mirrored left-right."""
+    out = x.to(torch.float32).div_(255.0).sub_(0.5).div_(0.5)
+    if flip is not None and bool(flip.any()):
+        out = torch.where(flip.to(out.device).view(-1, 1, 1, 1), out.flip(-1), out)
+    return out
+
+
+def to_uint8(y: torch.Tensor) -> np.ndarray:
+    """[-1, 1] tensor 3 x H x W (or N x 3 x H x W) -> uint8 H x W x 3 (or N x H x W x 3): (y + 1) x 127.5, rounded."""
+    y = y.detach().to("cpu", torch.float32)
+    if y.dim() not in (3, 4) or y.shape[-3] != 3:
+        raise ValueError(f"expected 3xHxW or Nx3xHxW, got {tuple(y.shape)}")
+    a = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return a.movedim(-3, -1).contiguous().numpy()
 
 

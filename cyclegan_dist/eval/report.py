@@ -8,6 +8,7 @@ training left in each run directory: ``config.yaml``, ``metrics.jsonl``, ``check
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,13 @@ import torch
 from cyclegan_dist.config import load_config
 from cyclegan_dist.data.demo import ensure_demo_shards
 from cyclegan_dist.data.streams import iter_domain
+from cyclegan_dist.data.transforms import normalize
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.eval.samples import compose
 from cyclegan_dist.models import count_parameters
-from cyclegan_dist.tracking import read_metrics
+from cyclegan_dist.models.io import load_generator
+from cyclegan_dist.rundir import RunDir, atomic_write
+from cyclegan_dist.tables import format_table
 
 GRID_SIZE = 128
 
@@ -42,13 +47,12 @@ class RunSummary:
 
 
 def summarize(run_dir: Path, name: str | None = None, gpu_hours: float | None = None) -> RunSummary:
-    from cyclegan_dist.eval.generator_io import load_generator
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if not run.config.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml): has the job started?")
-    config = load_config(run_dir / "config.yaml")
-    records = read_metrics(run_dir)
+    config = load_config(run.config)
+    records = run.metrics()
     losses = [r for r in records if "loss/G" in r]
     evals = [r for r in records if "eval/mifid" in r]
     generator, _ = load_generator(run_dir)
@@ -72,18 +76,18 @@ def write_report(runs: list[RunSummary], out_dir: Path, n_photos: int = 6, title
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = _grid(runs, out_dir / "grid.png", n_photos)
     curves = _curves(runs, out_dir / "curves.png")
+    rows = [[r.name, r.experiment, r.generator, f"{r.params:,}", f"{r.steps:,}", _fmt(r.gpu_hours, 3),
+             _fmt(r.img_per_s, 1), _fmt(r.fid, 1), _fmt(r.mifid, 1)]
+            for r in sorted(runs, key=lambda r: (r.mifid is None, r.mifid or 0.0))]
+    table = format_table(["run", "exp", "generator", "params", "steps", "GPU-hours", "img/s", "FID", "MiFID"], rows,
+                         markdown=True, right=range(3, 9))
     lines = [f"# {title}", "", f"Written {dt.datetime.now().isoformat(timespec='seconds')}"
-             + (f" by `{command}`" if command else "") + ".", "",
-             "| run | exp | generator | params | steps | GPU-hours | img/s | FID | MiFID |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(runs, key=lambda r: (r.mifid is None, r.mifid or 0.0)):
-        lines.append(f"| {r.name} | {r.experiment} | {r.generator} | {r.params:,} | {r.steps:,} | {_fmt(r.gpu_hours, 3)} "
-                     f"| {_fmt(r.img_per_s, 1)} | {_fmt(r.fid, 1)} | {_fmt(r.mifid, 1)} |")
-    lines += ["", "FID and MiFID: the best in-training evaluation of each run (MiFID as Kaggle scores it).", "",
-              f"![translations]({grid.name})", "", "Rows: photos, then each run's translation of the same photos.",
-              "", f"![curves]({curves.name})", ""]
+             + (f" by `{command}`" if command else "") + ".", "", table, "",
+             "FID and MiFID: the best in-training evaluation of each run (MiFID as Kaggle scores it).", "",
+             f"![translations]({grid.name})", "", "Rows: photos, then each run's translation of the same photos.",
+             "", f"![curves]({curves.name})", "", "One row per run: its losses, then FID/MiFID over steps.", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write(path, "\n".join(lines))
     return path
 
 
@@ -93,54 +97,55 @@ def _fmt(value: float | None, digits: int) -> str:
 
 @torch.no_grad()
 def _grid(runs: list[RunSummary], path: Path, n_photos: int) -> Path:
-    from torchvision.utils import save_image
+    """A row of photos, then one row per run with its translation of the same photos (labelled)."""
+    import io
 
-    from cyclegan_dist.eval.generator_io import load_generator
-
-    config = load_config(runs[0].run_dir / "config.yaml")
+    config = load_config(RunDir(runs[0].run_dir).config)
     root = Path(config.data.root) if config.data.root else ensure_demo_shards(size=config.data.demo_size)
-    domain = config.data.domain_a
-    photos = []
-    for _, image in iter_domain(root, domain, size=config.data.crop_size):
-        photos.append(image)
-        if len(photos) == n_photos:
-            break
-    x = torch.stack(photos)
-    rows = [x]
+    photos = [image for _, image in itertools.islice(iter_domain(root, config.data.domain_a, size=GRID_SIZE), n_photos)]
+    x = torch.stack(photos)  # uint8
+    rows, labels = [normalize(x)], [f"{config.data.domain_a} (input)"]
     for run in runs:
         generator, _ = load_generator(run.run_dir)
-        crop = load_config(run.run_dir / "config.yaml").data.crop_size
-        rows.append(generator(_resize(x, crop)).float())
-    images = torch.cat([_resize(r, GRID_SIZE) for r in rows])
-    save_image(images, path, nrow=len(photos), normalize=True, value_range=(-1, 1), padding=2)
-    return path
+        crop = load_config(RunDir(run.run_dir).config).data.crop_size
+        y = generator(_resize(normalize(x), crop)).float()
+        rows.append(_resize(y, GRID_SIZE).clamp(-1, 1))
+        labels.append(f"{run.name} ({run.generator})")
+    buf = io.BytesIO()
+    compose(rows, labels, "the same photos, translated by each run").save(buf, format="PNG")
+    return atomic_write(path, buf.getvalue())
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic (antialiased), as every image that enters or leaves a network here."""
     if x.shape[-1] == size:
         return x
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
 
 
 def _curves(runs: list[RunSummary], path: Path) -> Path:
+    """One row per run: its generator / discriminator / cycle losses, then FID and MiFID, over steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("loss/G", "generator loss"), ("loss/D", "discriminator loss"), ("eval/fid", "FID"), ("eval/mifid", "MiFID")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (key, label) in zip(axes, panels):
-        for run in runs:
-            points = [(r["step"], r[key]) for r in run.metrics if key in r]
-            if points:
-                marker = "o" if key.startswith("eval/") or len(points) == 1 else None
-                ax.plot(*zip(*points), marker=marker, markersize=3, label=run.name)
-        ax.set_title(label)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    panels = [(("loss/G",), "generator loss"), (("loss/D", "loss/D_A", "loss/D_B"), "discriminator losses"),
+              (("loss/cycle_A", "loss/cycle_B"), "cycle losses"), (("eval/fid", "eval/mifid"), "FID / MiFID")]
+    fig, axes = plt.subplots(len(runs), len(panels), figsize=(4.2 * len(panels), 2.8 * len(runs)), squeeze=False)
+    for row, run in zip(axes, runs):
+        for ax, (keys, label) in zip(row, panels):
+            for key in keys:
+                points = [(r["step"], r[key]) for r in run.metrics if isinstance(r.get(key), (int, float))]
+                if points:
+                    marker = "o" if key.startswith("eval/") or len(points) == 1 else None
+                    ax.plot(*zip(*points), marker=marker, markersize=3, label=key.split("/")[1])
+            ax.set_title(f"{run.name}: {label}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.has_data():
+                ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

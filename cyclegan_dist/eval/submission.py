@@ -1,15 +1,18 @@
-"""Check a Kaggle "I'm Something of a Painter Myself" submission zip before uploading it.
+"""The Kaggle "I'm Something of a Painter Myself" submission: write ``images.zip`` and check it before uploading.
 
-Kaggle's rule: the notebook outputs ``images.zip`` holding 7,000-10,000 images of 256x256. We check, per entry:
-stored at the top level of the zip (no folders: the safe layout), a ``.jpg``/``.jpeg`` name, JPEG by content
-(magic bytes and PIL's format, not the extension), decodes completely (CRC included), RGB (not grey scale / CMYK),
-exactly ``size``; names unique; and the total count within ``[min_count, max_count]``.
+Kaggle's rule: the notebook outputs ``images.zip`` holding 7,000-10,000 images of 256x256 (the constants below).
+:class:`SubmissionWriter` streams JPEGs into the zip, flat, with unique names, under a temporary name that only
+replaces the final one once complete. :func:`check_submission` checks, per entry: stored at the top level (no
+folders: the safe layout), a ``.jpg``/``.jpeg`` name, JPEG by content (magic bytes and PIL's format, not the
+extension), decodes completely (CRC included), RGB (not grey scale / CMYK), exactly ``size``; names unique; and
+the total count within ``[min_count, max_count]``.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +20,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import fsync_dir, fsync_file
+
+KAGGLE_MIN, KAGGLE_MAX = 7000, 10000
+KAGGLE_SIZE = 256
+KAGGLE_NAME = "images.zip"
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO = multi-picture JPEG, still a JPEG stream
 
@@ -83,8 +92,8 @@ def _check_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, size: tuple[int, int
     return out
 
 
-def check_submission(zip_path: str | os.PathLike, min_count: int = 7000, max_count: int = 10000,
-                     size: tuple[int, int] = (256, 256), progress: bool = False,
+def check_submission(zip_path: str | os.PathLike, min_count: int = KAGGLE_MIN, max_count: int = KAGGLE_MAX,
+                     size: tuple[int, int] = (KAGGLE_SIZE, KAGGLE_SIZE), progress: bool = False,
                      show: int = 5) -> SubmissionReport:
     """Validate a submission zip; the report lists problems (first ``show`` bad names per kind) and totals."""
     p = Path(zip_path).expanduser()
@@ -95,8 +104,8 @@ def check_submission(zip_path: str | os.PathLike, min_count: int = 7000, max_cou
     if not zipfile.is_zipfile(p):
         rep.problems.append(f"{p} is not a zip file")
         return rep
-    if p.name != "images.zip":
-        rep.notes.append(f"Kaggle expects the notebook output to be named images.zip (this is {p.name})")
+    if p.name != KAGGLE_NAME:
+        rep.notes.append(f"Kaggle expects the notebook output to be named {KAGGLE_NAME} (this is {p.name})")
     bad: dict[str, list[str]] = {}
     bad_entries: set[str] = set()
     try:
@@ -138,7 +147,64 @@ def check_submission(zip_path: str | os.PathLike, min_count: int = 7000, max_cou
     return rep
 
 
-def validate_submission(zip_path: str | os.PathLike, min_count: int = 7000, max_count: int = 10000,
-                        size: tuple[int, int] = (256, 256), progress: bool = False) -> list[str]:
+def validate_submission(zip_path: str | os.PathLike, min_count: int = KAGGLE_MIN, max_count: int = KAGGLE_MAX,
+                        size: tuple[int, int] = (KAGGLE_SIZE, KAGGLE_SIZE), progress: bool = False) -> list[str]:
     """The problems with a submission zip ([] = valid). See :func:`check_submission` for the full report."""
     return check_submission(zip_path, min_count, max_count, size, progress).problems
+
+
+class UniqueNames:
+    """``<stem>.jpg`` for any name/key (folders dropped), made unique (case-insensitively) with ``-1``, ``-2``..."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def make(self, name: str) -> str:
+        base = str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+        stem = "".join(c if c.isprintable() and c not in ':*?"<>|' else "_" for c in stem).strip(" .") or "image"
+        candidate, i = f"{stem}.jpg", 0
+        while candidate.lower() in self.used:
+            i += 1
+            candidate = f"{stem}-{i}.jpg"
+        self.used.add(candidate.lower())
+        return candidate
+
+
+class SubmissionWriter:
+    """``with SubmissionWriter(out) as w: w.add(name, jpeg_bytes)``: a flat zip of JPEGs, stored (JPEGs do not
+    compress), written to ``<out>.tmp`` and renamed over ``out`` only when the block ends without an error, so an
+    interrupted export neither leaves a half zip under the final name nor destroys an existing one."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.out = Path(out).expanduser()
+        if self.out.is_dir():
+            raise UserError(f"--out {self.out} is a directory; give a .zip file name (e.g. {self.out / KAGGLE_NAME})")
+        self.tmp = self.out.with_name(self.out.name + ".tmp")
+        self.names = UniqueNames()
+        self.count = 0
+
+    def __enter__(self) -> "SubmissionWriter":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
+        return self
+
+    def add(self, name: str, jpeg: bytes) -> str:
+        info = zipfile.ZipInfo(self.names.make(name), date_time=time.localtime()[:6])
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        self._zip.writestr(info, jpeg)
+        self.count += 1
+        return info.filename
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._zip.close()
+        if exc_type is None and self.count == 0:
+            self.tmp.unlink(missing_ok=True)
+            raise UserError("no photos to export (the photo source is empty)")
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        fsync_file(self.tmp)
+        os.replace(self.tmp, self.out)
+        fsync_dir(self.out.parent)

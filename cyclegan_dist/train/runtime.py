@@ -1,28 +1,35 @@
-"""The distributed runtime: the Accelerator, the stop flag, RNG state. Knows nothing of CycleGAN.
+"""The distributed runtime: Accelerator(s), rank/world/device, collectives, the stop flag, RNG. Knows nothing of
+CycleGAN.
 
-On a machine without CUDA the Accelerator runs on the CPU and, under ``torchrun`` or
-``accelerate launch --multi_gpu``, joins a gloo process group from the environment (RANK, WORLD_SIZE, ...).
+On a machine without CUDA the Accelerator runs on the CPU and, under ``torchrun``, ``accelerate launch
+--multi_gpu`` or SLURM tasks, joins a gloo process group from the environment (RANK, WORLD_SIZE, ...).
+Under DeepSpeed each model needs an engine of its own, so the generators and the discriminators each get an
+Accelerator with its own DeepSpeed plugin ("G" and "D", from the same ZeRO config); they share the process
+group and state. Otherwise both are the same object.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cyclegan_dist.config import TrainConfig
+from cyclegan_dist.config import TrainConfig, find_config_file
 from cyclegan_dist.errors import UserError
 
 _STOP = threading.Event()
+STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (each check is a host-device sync)
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this fails (a dead peer)
 
 
 def request_stop() -> None:
-    """Ask the running training loop to checkpoint and return at the next step (signal-handler safe)."""
+    """Ask the running training loop to checkpoint and return at the next agreed step (signal-handler safe)."""
     _STOP.set()
 
 
@@ -30,71 +37,110 @@ def clear_stop() -> None:
     _STOP.clear()
 
 
-STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (each check is a host-device sync)
+class Runtime:
+    """What the loop needs from the distributed world, in one place."""
 
+    def __init__(self, train: TrainConfig) -> None:
+        cpu = _check_precision(train)
+        ds_config = deepspeed_config_path(train)
+        from accelerate import Accelerator
 
-def stop_requested(accelerator, step: int) -> bool:
-    """True on every rank, at the same step, once any rank was asked to stop (a tiny all-reduce every
-    STOP_CHECK_EVERY steps when distributed; a SLURM warning comes minutes before the end)."""
-    flag = _STOP.is_set()
-    if accelerator.num_processes == 1:
+        if ds_config is None:
+            self.acc_G = self.acc_D = Accelerator(cpu=cpu, mixed_precision=train.mixed_precision,
+                                                  kwargs_handlers=_handlers(cpu))
+        else:
+            from accelerate.utils import DeepSpeedPlugin
+
+            plugins = {name: DeepSpeedPlugin(hf_ds_config=_read_ds_config(ds_config, train)) for name in ("G", "D")}
+            handlers = _handlers(cpu, always=True)  # Accelerate turns DeepSpeed off with cpu=True: gloo instead
+            self.acc_G = Accelerator(mixed_precision=train.mixed_precision, deepspeed_plugins=plugins,
+                                     kwargs_handlers=handlers)
+            self.acc_D = Accelerator(mixed_precision=train.mixed_precision, kwargs_handlers=handlers)
+        acc = self.acc_G
+        self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
+        self.is_main = acc.is_main_process
+        self.deepspeed = ds_config is not None  # ZeRO: every rank holds its own slice of the optimizer state
+        self.autocast = acc.autocast
+
+    @property
+    def scaler(self):
+        return self.acc_G.scaler
+
+    def prepare(self, gens, discs, opt_G, opt_D):
+        if not self.deepspeed:
+            return self.acc_G.prepare(gens, discs, opt_G, opt_D)
+        gens, opt_G = self.acc_G.prepare(gens, opt_G)
+        self.acc_D.state.select_deepspeed_plugin("D")
+        discs, opt_D = self.acc_D.prepare(discs, opt_D)
+        return gens, discs, opt_G, opt_D
+
+    def unwrap(self, module):
+        return self.acc_G.unwrap_model(module)
+
+    def main_process_first(self):
+        return self.acc_G.main_process_first()
+
+    def barrier(self) -> None:
+        self.acc_G.wait_for_everyone()
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor (itself in one process)."""
+        return self.acc_G.reduce(values.to(self.device), reduction="mean") if self.world > 1 else values
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        return self.acc_G.reduce(values.to(self.device), reduction="sum") if self.world > 1 else values
+
+    def any(self, flag: torch.Tensor) -> torch.Tensor:
+        """A device tensor: > 0 on every rank when ``flag`` > 0 on any (no host sync)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        flag = flag.clone()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag
-    if step % STOP_CHECK_EVERY:
-        return False
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
+    def gather_object(self, obj: Any) -> list[Any]:
+        from accelerate.utils import gather_object
 
-def make_accelerator(train: TrainConfig):
-    """One Accelerator for both models (DDP or a single process)."""
-    from accelerate import Accelerator
+        return gather_object([obj]) if self.world > 1 else [obj]
 
-    cpu = _check_precision(train)
-    return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision, kwargs_handlers=_handlers(cpu))
+    def stop_requested(self, step: int) -> bool:
+        """True on every rank, at the same step, once any rank was asked to stop (a tiny all-reduce every
+        STOP_CHECK_EVERY steps when distributed; a SLURM warning comes minutes before the end)."""
+        flag = _STOP.is_set()
+        if self.world == 1:
+            return flag
+        if step % STOP_CHECK_EVERY:
+            return False
+        return bool(self.sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
+    def shutdown(self) -> None:
+        """Leave the process group cleanly (avoids gloo's rare abort at interpreter exit)."""
+        import torch.distributed as dist
 
-def make_accelerators(train: TrainConfig):
-    """(accelerator for the generators, accelerator for the discriminators): the same object under DDP.
-
-    Under DeepSpeed each model needs an engine of its own, so each gets an Accelerator with its own
-    DeepSpeed plugin ("G" and "D", from the same ZeRO config); they share the process group and state.
-    """
-    ds_config = deepspeed_config_path(train)
-    if ds_config is None:
-        accelerator = make_accelerator(train)
-        return accelerator, accelerator
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
-
-    cpu = _check_precision(train)
-    plugins = {name: DeepSpeedPlugin(hf_ds_config=_read_ds_config(ds_config, train)) for name in ("G", "D")}
-    # Accelerate turns DeepSpeed off when cpu=True; on a CPU machine DeepSpeed itself runs on gloo instead.
-    handlers = _handlers(cpu, always=True)
-    acc_G = Accelerator(mixed_precision=train.mixed_precision, deepspeed_plugins=plugins, kwargs_handlers=handlers)
-    acc_D = Accelerator(mixed_precision=train.mixed_precision, kwargs_handlers=handlers)
-    return acc_G, acc_D
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def deepspeed_config_path(train: TrainConfig) -> str | None:
-    """train.deepspeed, or the config file of ``accelerate launch --config_file configs/accelerate/deepspeed_*.yaml``."""
+    """train.deepspeed, or the config file of ``accelerate launch --config_file .../deepspeed_*.yaml``."""
     if train.deepspeed:
-        return train.deepspeed
+        return str(find_config_file(train.deepspeed))
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
         if not path:
-            raise UserError("accelerate launch asked for DeepSpeed without deepspeed_config_file; "
-                            "use configs/accelerate/deepspeed_zero2.yaml or set train.deepspeed=configs/deepspeed/zero2.json")
-        return path
+            raise UserError("accelerate launch asked for DeepSpeed without deepspeed_config_file; use the "
+                            "accelerate/deepspeed_zero2.yaml config or set train.deepspeed=deepspeed/zero2.json")
+        return str(find_config_file(path))
     return None
 
 
 def _read_ds_config(path: str, train: TrainConfig) -> dict:
-    import json
-
     try:
-        config = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"train.deepspeed: {path} does not exist (see configs/deepspeed/zero2.json)") from None
+        config = json.loads(open(path).read())
+    except OSError as exc:
+        raise UserError(f"train.deepspeed: cannot read {path} ({exc}); see deepspeed/zero2.json") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"train.deepspeed: {path} is not valid JSON: {exc}") from None
     stage = config.get("zero_optimization", {}).get("stage", 0)
@@ -110,10 +156,8 @@ def _check_precision(train: TrainConfig) -> bool:
     if not cpu:
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick the fastest kernels (as the reference)
     if train.mixed_precision == "fp16" and cpu:
-        raise UserError(
-            "train.mixed_precision=fp16 needs a CUDA GPU; on the CPU PyTorch would silently run fp32. "
-            "Use train.mixed_precision=bf16 (or no)."
-        )
+        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; on the CPU PyTorch would silently run fp32. "
+                        "Use train.mixed_precision=bf16 (or no).")
     return cpu
 
 
@@ -122,7 +166,10 @@ def _handlers(cpu: bool, always: bool = False) -> list:
 
     if not always and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a process group only when there are several ranks
         return []
-    return [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl", timeout=timedelta(minutes=30))]
+    return [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl", timeout=PROCESS_GROUP_TIMEOUT)]
+
+
+# ------------------------------------------------------------------------------------------ RNG
 
 
 def rng_state() -> dict:
@@ -147,12 +194,3 @@ def seed_everything(seed: int, rank: int) -> None:
     random.seed(seed * 1000 + rank)
     np.random.seed((seed * 1000 + rank) % 2**32)
     torch.manual_seed(seed * 1000 + rank)
-
-
-def finish_distributed(accelerator) -> None:
-    """Leave the process group cleanly (avoids gloo's rare abort at interpreter exit)."""
-    import torch.distributed as dist
-
-    accelerator.wait_for_everyone()
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -46,6 +46,7 @@ class StepParts:
     autocast: Callable[[], ContextManager] = nullcontext
     step_G: Callable[[], None] | None = None  # default: opt_G.step(); opt_G.zero_grad()
     step_D: Callable[[], None] | None = None
+    guard: Callable[[str, torch.Tensor, torch.optim.Optimizer], bool] | None = None  # False: skip this step
 
 
 def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -67,7 +68,7 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
             loss_idt_B = l1_loss(out["idt_B"], real_A) * cfg.lambda_identity
             loss_G = loss_G + loss_idt_A + loss_idt_B
     parts.backward(loss_G)
-    _step(parts.opt_G, parts.step_G)
+    _step(parts, "G", loss_G, parts.opt_G, parts.step_G)
     set_requires_grad(parts.discriminators_plain, True)
 
     # ---- discriminators, on pooled fakes
@@ -79,7 +80,7 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
         loss_D_B = (gan_loss(pred["D_B_real"], True, cfg.gan_mode) + gan_loss(pred["D_B_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
         loss_D = loss_D_A + loss_D_B
     (parts.backward_D or parts.backward)(loss_D)
-    _step(parts.opt_D, parts.step_D)
+    _step(parts, "D", loss_D, parts.opt_D, parts.step_D)
 
     losses = {
         "loss/G_A": loss_G_A, "loss/G_B": loss_G_B, "loss/cycle_A": loss_cycle_A, "loss/cycle_B": loss_cycle_B,
@@ -91,7 +92,11 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
     return {name: value.detach() for name, value in losses.items()}
 
 
-def _step(optimizer: torch.optim.Optimizer, custom: Callable[[], None] | None) -> None:
+def _step(parts: StepParts, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+          custom: Callable[[], None] | None) -> None:
+    if parts.guard is not None and not parts.guard(name, loss, optimizer):
+        optimizer.zero_grad(set_to_none=True)  # a non-finite gradient: this update is skipped
+        return
     if custom is not None:
         custom()
         return

@@ -1,4 +1,4 @@
-"""Load one trained generator for inference, from whatever a user points at; export it alone.
+"""Generator files: load one trained generator from whatever a user points at; write it alone; junyanz ``.pth``.
 
 Sources :func:`load_generator` accepts (``direction``: ``AtoB`` = G_A, photo -> painting; ``BtoA`` = G_B):
 
@@ -33,6 +33,7 @@ from torch import nn
 
 from cyclegan_dist.config import ModelConfig, from_dict, read_yaml_mapping
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import CONFIG, EMA_FILES, GENERATOR_FILES, atomic_write, resolve_checkpoint
 
 DIRECTIONS = ("AtoB", "BtoA")
 ARCH_KEYS = ("generator", "ngf", "norm", "use_dropout", "input_nc", "output_nc")
@@ -42,6 +43,13 @@ _SHOW = 3
 
 
 # ------------------------------------------------------------------------------------------------ public
+
+
+def generator_from_config(model: ModelConfig) -> nn.Module:
+    """The (uninitialised) generator a ModelConfig describes."""
+    from cyclegan_dist.models.generators import build_generator
+
+    return build_generator(model.generator, model.input_nc, model.output_nc, model.ngf, model.norm, model.use_dropout)
 
 
 def load_generator(
@@ -54,6 +62,7 @@ def load_generator(
     ngf: int | None = None,
     norm: str | None = None,
     use_dropout: bool | None = None,
+    raw_weights: bool = False,
 ) -> tuple[nn.Module, ModelConfig]:
     """The generator at ``source`` in eval mode on ``device``, and the ModelConfig that describes *it*
     (for ``BtoA`` out of a checkpoint, input_nc/output_nc are those of G_B, i.e. swapped)."""
@@ -61,7 +70,7 @@ def load_generator(
         raise UserError(f"direction {direction!r} is not valid; choose AtoB (G_A) or BtoA (G_B)")
     overrides = {k: v for k, v in {"generator": generator, "ngf": ngf, "norm": norm, "use_dropout": use_dropout}.items()
                  if v is not None}
-    weights_path, arch, state = _locate(Path(source).expanduser(), direction, config)
+    weights_path, arch, state = _locate(Path(source).expanduser(), direction, config, raw_weights)
     if state is None:
         state = _read_weights(weights_path, direction)
     if arch is None:
@@ -70,10 +79,7 @@ def load_generator(
             warnings.warn(f"{weights_path}: could not tell the architecture from the keys; "
                           "assuming resnet_9blocks, ngf 64 (pass generator/ngf to choose)")
     model_config = _model_config({**arch, **overrides}, weights_path)
-    from cyclegan_dist.models import build_generator
-
-    net = build_generator(model_config.generator, model_config.input_nc, model_config.output_nc,
-                          model_config.ngf, model_config.norm, model_config.use_dropout)
+    net = generator_from_config(model_config)
     load_weights(net, state, weights_path, model_config)
     return net.to(device).eval(), model_config
 
@@ -132,19 +138,17 @@ def export_generator(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLi
         with torch.inference_mode(): y = G(x.permute(2, 0, 1)[None].float() / 127.5 - 1)[0]
         Image.fromarray(((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save("out.jpg")
     """
-    from safetensors.torch import save_file
-
     net, mc = load_generator(checkpoint_dir, direction)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = out / f".{EXPORT_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp), metadata={"direction": direction, "source": str(checkpoint_dir)})
-    os.replace(tmp, out / EXPORT_WEIGHTS)
+    from safetensors.torch import save
+
+    atomic_write(out / EXPORT_WEIGHTS, save(tensors, metadata={"direction": direction, "source": str(checkpoint_dir)}))
     arch = {k: getattr(mc, k) for k in ARCH_KEYS}
     header = (f"# CycleGAN generator ({direction}) exported from {checkpoint_dir}\n"
               f"# weights: {EXPORT_WEIGHTS} (junyanz/pytorch-CycleGAN-and-pix2pix state_dict layout)\n")
-    (out / EXPORT_ARCH).write_text(header + yaml.safe_dump(arch, sort_keys=False))
+    atomic_write(out / EXPORT_ARCH, header + yaml.safe_dump(arch, sort_keys=False))
     return out
 
 
@@ -200,32 +204,15 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any] | No
 # ---------------------------------------------------------------------------------------------- locating
 
 
-def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
-    """A checkpoint directory: the path itself, or a run's best (``checkpoints/best``) else newest complete one."""
-    from cyclegan_dist.checkpoint import checkpoint_root, latest_checkpoint
-
-    p = Path(run_or_checkpoint).expanduser()
-    if (p / "complete").is_file() or (p / "G_A.safetensors").is_file():
-        return p
-    run = p.parent if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p
-    root = checkpoint_root(run)
-    if not root.is_dir():
-        raise UserError(f"{p} is not a run directory nor a checkpoint directory (no checkpoints/ nor 'complete' marker)")
-    best = root / "best"
-    if best.exists():
-        target = best if best.is_dir() else Path(best.read_text().strip())
-        target = target if target.is_absolute() else root / target
-        if (target / "complete").is_file():
-            return target
-        warnings.warn(f"{best} names {target}, which is not a complete checkpoint; using the newest one instead")
-    latest = latest_checkpoint(run)
-    if latest is None:
-        raise UserError(f"run directory {run} has no complete checkpoint yet (nothing under {root} has a 'complete' marker)")
-    return latest
+def generator_file(source: str | os.PathLike, direction: str = "AtoB", raw_weights: bool = False) -> Path:
+    """The weights file :func:`load_generator` reads for ``source``."""
+    return _locate(Path(source).expanduser(), direction, None, raw_weights, need_arch=False)[0]
 
 
-def _locate(p: Path, direction: str, config: str | os.PathLike | None):
-    """(weights file, architecture dict or None, pre-read state or None)."""
+def _locate(p: Path, direction: str, config: str | os.PathLike | None, raw_weights: bool = False,
+            need_arch: bool = True):
+    """(weights file, architecture dict or None, pre-read state or None). A checkpoint's EMA generator
+    (``G_A_ema.safetensors``, written when ``train.ema_decay > 0``) is preferred unless ``raw_weights``."""
     given = _read_arch(Path(config).expanduser(), direction) if config is not None else None
     if p.is_file():
         if p.suffix == ".safetensors":
@@ -252,15 +239,18 @@ def _locate(p: Path, direction: str, config: str | os.PathLike | None):
             raise UserError(f"{p} holds no {role} generator ({', '.join(f.name for f in files.values())}); "
                             "a single *_net_G.pth is the AtoB direction")
         return files[role], given, None
-    ckpt = resolve_checkpoint(p)
-    weights = ckpt / ("G_A.safetensors" if direction == "AtoB" else "G_B.safetensors")
+    ckpt = p if (p / GENERATOR_FILES["G_A"]).is_file() else resolve_checkpoint(p)
+    role = "G_A" if direction == "AtoB" else "G_B"
+    weights = ckpt / GENERATOR_FILES[role]
+    if not raw_weights and (ckpt / EMA_FILES[role]).is_file():
+        weights = ckpt / EMA_FILES[role]
     if not weights.is_file():
         raise UserError(f"checkpoint {ckpt} has no {weights.name}")
     if not (ckpt / "complete").is_file():
         warnings.warn(f"checkpoint {ckpt} has no 'complete' marker: it may be partial")
-    if given is None and not (ckpt / "config.yaml").is_file():
+    if given is None and need_arch and not (ckpt / CONFIG).is_file():
         raise UserError(f"checkpoint {ckpt} has no config.yaml (the architecture); pass a config")
-    return weights, given or _read_arch(ckpt / "config.yaml", direction), None
+    return weights, given or (_read_arch(ckpt / CONFIG, direction) if need_arch else None), None
 
 
 def _read_arch(path: Path, direction: str) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""The few things the launcher needs from submitit beyond its public API, in one place, each with why.
+
+* :func:`requeue`: submitit requeues a job only from inside its own USR2 handler, which calls the job's
+  ``checkpoint()`` in the signal handler itself; our ranks must first agree on a step and write a checkpoint
+  together, so rank 0 requeues afterwards through the job environment's ``_requeue`` (``scontrol requeue`` on
+  SLURM, exit code 144 for the local controller). There is no public call for it (submitit 1.5).
+* :func:`terminate_local` / :func:`wait_local`: a LocalExecutor job exposes no public way to signal or wait for
+  its controller process (``job._process``), which a Ctrl-C in ``launcher submit`` needs.
+* :func:`submission_env`: submitit's public ``clean_env`` plus the job's own variables.
+* :func:`sbatch_message`: the one useful line of the FailedJobError sbatch's refusal becomes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+
+def requeue(remaining: int) -> None:
+    from submitit import JobEnvironment
+
+    JobEnvironment()._requeue(remaining)
+
+
+def terminate_local(job: Any) -> None:
+    job._process.terminate()
+
+
+def wait_local(job: Any, timeout: float) -> None:
+    job._process.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def submission_env(env: dict[str, str]):
+    """submitit's clean_env (no SLURM_*/RANK/MASTER_* leak into the job) plus the job's own variables."""
+    from submitit.helpers import clean_env
+
+    with clean_env():
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def sbatch_message(exc: Exception) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
+    return "; ".join(lines) or text or repr(exc)
