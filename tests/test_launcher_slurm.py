@@ -27,7 +27,6 @@ import pytest
 from cyclegan_dist.config import load_config
 from cyclegan_dist.tracking import read_jsonl
 
-
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),

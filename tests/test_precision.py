@@ -37,7 +37,6 @@ from workers.common import (
     train_k_steps,
 )
 
-
 pytestmark = [pytest.mark.xdist_group("precision"), pytest.mark.precision]  # one xdist worker runs the group (shared fixtures)
 
 

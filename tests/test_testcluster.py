@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-
 REQUIRE = bool(os.environ.get("CYCLEGAN_REQUIRE_SLURM"))
 START_HINT = "start it with: bash slurm/testcluster/start.sh"
 
