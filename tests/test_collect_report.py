@@ -23,6 +23,9 @@ from PIL import Image
 
 from helpers import tiny_shard_root
 
+pytestmark = [pytest.mark.xdist_group("collect")]  # one xdist worker runs the group (shared fixtures)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["train.steps=4", "train.log_every=2", "model.ngf=8", "model.ndf=8", "eval.num_photos=8", "data.num_workers=0",
         "train.sample_every=0", "wandb.mode=disabled", "data.domain_b=monet"]

@@ -29,8 +29,11 @@ from cyclegan_dist.rundir import read_jsonl
 from launcher.runs import JOB_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
-                                reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
+                       reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure"),
+    pytest.mark.xdist_group("slurm"),  # one xdist worker runs every SLURM test
+]
 TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
         "wandb.mode=offline"]
 LONG = ["train.steps=80", "train.checkpoint_every=10", *TINY]  # 0.1-0.3 s a step: room to signal mid-run

@@ -37,6 +37,9 @@ GRAD_TOL = 1e-5  # x the largest gradient of the network
 WEIGHT_TOL = 0.1  # relative_distance after STEPS steps
 
 
+pytestmark = [pytest.mark.xdist_group("parity"), pytest.mark.precision]  # one xdist worker runs the group (shared fixtures)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One plain process (batch 4) and one torchrun of 2 ranks (batch 2 each, then the negative control)."""

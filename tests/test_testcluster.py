@@ -17,10 +17,11 @@ import pytest
 REQUIRE = bool(os.environ.get("CYCLEGAN_REQUIRE_SLURM"))
 START_HINT = "start it with: bash slurm/testcluster/start.sh"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("sbatch") is None and not REQUIRE,
-    reason="no SLURM (sbatch not found); set CYCLEGAN_REQUIRE_SLURM=1 to make this a failure",
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("sbatch") is None and not REQUIRE,
+                       reason="no SLURM (sbatch not found); set CYCLEGAN_REQUIRE_SLURM=1 to make this a failure"),
+    pytest.mark.xdist_group("slurm"),  # one xdist worker runs every SLURM test
+]
 
 
 def run(*args: str, timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess:

