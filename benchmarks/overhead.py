@@ -12,7 +12,7 @@ Three arms, the same config, models, seed and data loader (``setup_data(config).
 
 What is timed, honestly: the loop's own per-step time in steady state, from the entry of step ``warmup`` to the
 entry of step ``warmup + window`` (a multiple of the logging period, so the window holds exactly
-window/log_every logging events). Entries are recorded by a wrapper around ``loop.train_step`` (the loop itself
+window/log_every logging events). Entries are recorded by a wrapper around ``session.train_step`` (the loop itself
 is not modified). Start-up (Accelerator, data workers, the demo PSNR evaluation) and the final checkpoint lie
 outside the window. Two ways to interleave the arms (``--mode``):
 
@@ -91,21 +91,22 @@ def _train_with(config, scratch: Path, step_hook) -> None:
     """The real training loop (unmodified) with ``train_step`` replaced by ``step_hook`` for the run, in a
     throw-away run directory. ``step_hook`` calls the original step itself."""
     import cyclegan_dist.train.loop as loop
+    import cyclegan_dist.train.session as session
 
-    original = loop.train_step
+    original = session.train_step
     run_dir = Path(tempfile.mkdtemp(prefix="ours-", dir=scratch))
-    loop.train_step = step_hook
+    session.train_step = step_hook
     try:
         loop.train(config, run_dir, resume="never")
     finally:
-        loop.train_step = original
+        session.train_step = original
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_ours(config, clock: StepClock, scratch: Path) -> float:
-    import cyclegan_dist.train.loop as loop
+    import cyclegan_dist.train.session as session
 
-    original = loop.train_step
+    original = session.train_step
 
     def clocked(parts, real_A, real_B):
         clock.tick()
@@ -115,13 +116,20 @@ def run_ours(config, clock: StepClock, scratch: Path) -> float:
     return clock.per_step()
 
 
+def device_inputs(batch: dict, device) -> tuple:
+    """The loader's uint8 crops as the networks' input on the device, as the loop makes them."""
+    from cyclegan_dist.data.transforms import normalize
+
+    return tuple(normalize(batch[d].to(device, non_blocking=True), batch[d + "_flip"]) for d in ("A", "B"))
+
+
 class BareArm:
     """A bare loop's state: its own data loader (same config and stream) and model; ``one_step`` = one iteration."""
 
     def __init__(self, config, device: torch.device, make_step: Callable[[torch.device], Callable[[dict], Any]]):
         from cyclegan_dist.train.data_setup import setup_data
 
-        self.data = setup_data(config, 0)
+        self.data = setup_data(config.data, batch_size=config.train.batch_size, seed=config.seed, rank=0)
         self.step = make_step(device)
         self.loader = iter(self.data.loader(start_sample=0))
 
@@ -139,7 +147,7 @@ def make_ref_step(config):
         model = build_reference(config, device)
 
         def step(batch):
-            model.set_input(batch["A"], batch["B"])
+            model.set_input(*device_inputs(batch, device))
             model.optimize_parameters()
 
         return step
@@ -162,7 +170,7 @@ def make_our_bare_step(config):
                           ImagePool(config.loss.pool_size, seed=0), ImagePool(config.loss.pool_size, seed=1), config.loss)
 
         def step(batch):
-            train_step(parts, batch["A"].to(device, non_blocking=True), batch["B"].to(device, non_blocking=True))
+            train_step(parts, *device_inputs(batch, device))
 
         return step
 
@@ -191,13 +199,13 @@ def run_lockstep(config, names: list[str], start: int, end: int, device, scratch
     """Mode ``lockstep``: one real training run; at the entry of each of its steps, one step of every bare arm
     runs first (order rotating), timed on its own. Our iteration i = entry(i+1) - entry(i) - the bare steps
     inside it. Arms alternate every few milliseconds, so bursts of load from other processes hit all alike."""
-    import cyclegan_dist.train.loop as loop
+    import cyclegan_dist.train.session as session
 
     bare = {n: BareArm(config, device, BARE[n](config)) for n in names}
     ours: list[float] = []
     spent: dict[str, list[float]] = {n: [] for n in names}
     state = {"i": 0, "entry": None, "embedded": 0.0}
-    original = loop.train_step
+    original = session.train_step
 
     def clocked(parts, real_A, real_B):
         sync(device)

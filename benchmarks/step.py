@@ -1,7 +1,7 @@
 """``python -m benchmarks.step``: img/s of one CycleGAN training step, ours vs the reference, same run.
 
 Ours: ``cyclegan_dist.train.step.train_step`` with its parts wired as ``cyclegan_dist.train.loop`` wires them
-(``make_accelerator``, ``build_pairs``, channels_last, ``net.compile()``, Adam, ``ImagePool``,
+(``Runtime``, ``build_networks``, channels_last, ``net.compile()``, fused Adam, the non-finite guard, ``ImagePool``,
 ``accelerator.prepare``, ``accelerator.autocast``, ``accelerator.backward``, the loop's ``to_device``).
 Baseline: ``benchmarks.reference_step`` (the junyanz ``optimize_parameters``, fp32 eager, no Accelerate)
 on the same networks from the same seed. Both take the same CPU batch and move it to the device each step.
@@ -55,7 +55,7 @@ class Variant:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
-    cudnn: bool = False  # force torch.backends.cudnn.benchmark on for ours (make_accelerator sets it on CUDA)
+    cudnn: bool = False  # force torch.backends.cudnn.benchmark on for ours (the Runtime sets it on CUDA)
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
@@ -122,20 +122,22 @@ class Ours:
 def build_ours(config) -> Ours:
     """Everything ``cyclegan_dist.train.loop.train`` does before its first step that matters for speed,
     in the same order (fresh run: no resume, one process or one rank)."""
-    from cyclegan_dist.train import runtime
     from cyclegan_dist.train.build import build_networks
+    from cyclegan_dist.train.guard import NonFiniteGuard
+    from cyclegan_dist.train.runtime import Runtime
     from cyclegan_dist.train.step import StepParts, train_step
 
     t = config.train
-    accelerator = runtime.make_accelerator(t)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    nets = build_networks(config, rank, world)
-    gens, discs, opt_G, opt_D, pool_A, pool_B = nets.gens, nets.discs, nets.opt_G, nets.opt_D, nets.pool_A, nets.pool_B
-    memory = nets.memory_format
-    gens, discs, opt_G, opt_D = accelerator.prepare(gens, discs, opt_G, opt_D)
-    gens_plain, discs_plain = accelerator.unwrap_model(gens), accelerator.unwrap_model(discs)
+    rt = Runtime(t)
+    device = rt.device
+    nets = build_networks(config.model, t, pool_size=config.loss.pool_size, seed=config.seed, rank=rt.rank,
+                          world=rt.world, device_type=device.type)
+    pool_A, pool_B, memory = nets.pool_A, nets.pool_B, nets.memory_format
+    gens, discs, opt_G, opt_D = rt.prepare(nets.gens, nets.discs, nets.opt_G, nets.opt_D)
+    gens_plain, discs_plain = rt.unwrap(gens), rt.unwrap(discs)
+    guard = NonFiniteGuard(device, device_skip=bool(nets.opt_G.defaults.get("fused")) and rt.scaler is None)
     parts = StepParts(gens, discs, discs_plain, opt_G, opt_D, pool_A, pool_B, config.loss,
-                      backward=accelerator.backward, autocast=accelerator.autocast)
+                      backward=rt.acc_G.backward, autocast=rt.autocast, guard=guard.check)
 
     def to_device(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).contiguous(memory_format=memory)
@@ -243,7 +245,7 @@ def run_case(model: str, variant: Variant, batch: int, args, peak: float | None)
     real_B = torch.rand(batch, 3, args.size, args.size, generator=g) * 2 - 1
 
     ref_flag = True  # the reference sets cudnn.benchmark in BaseModel.__init__ (fixed-size crops)
-    ours_flag = bool(torch.backends.cudnn.benchmark) or variant.cudnn  # whatever make_accelerator left, or +cudnn
+    ours_flag = bool(torch.backends.cudnn.benchmark) or variant.cudnn  # whatever the Runtime left, or +cudnn
 
     def ref_step() -> None:
         torch.backends.cudnn.benchmark = ref_flag  # process-global: each arm sets its own before it runs
@@ -359,7 +361,7 @@ def main(argv=None) -> int:
     apply_threads(args.threads)
     device = resolve_device(args.device)
     if args.device != "auto" and device.type == "cpu" and torch.cuda.is_available():
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # make_accelerator picks CUDA whenever it is visible
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the Runtime picks CUDA whenever it is visible
     args.steps_per_rep = args.steps_per_rep or (10 if device.type == "cuda" else 1)
     args.warmup = max(2, args.warmup if args.warmup is not None else (2 if args.quick else 4))
     args.initial_cudnn_benchmark = bool(torch.backends.cudnn.benchmark)

@@ -8,8 +8,8 @@
   photo that enters a network (training crops, evaluation, export, reports); aspect not kept unless asked.
 * **JPEG** (:func:`encode_jpeg`): quality 95, chroma 4:4:4 (no subsampling: 4:2:0 smears the fine colour
   texture generators produce, ~20/255 mean error instead of ~3 on a noisy output, for ~2x the bytes).
-* **Sources** (:class:`ImageSource`): a folder (recursive), a ``.zip``, or WebDataset shards (a shard root
-  with ``index.json`` and a domain, a ``.tar``, a glob, a brace pattern or a list), yielding
+* **Sources** (:class:`ImageSource`): a folder (recursive), a ``.zip``, or WebDataset shards (a folder of
+  ``<set>-NNNNNN.tar``, one set of a shard root by name, a ``.tar``, a glob, a brace pattern or a list), yielding
   ``(name, uint8 H x W x 3)`` in a stable order. Unreadable images are skipped, counted and reported once; a
   source with no readable image is a :class:`UserError`.
 """
@@ -206,7 +206,7 @@ def _expand_tars(patterns: list[str], shown: str) -> list[str]:
 
 class ImageSource:
     """One image set: iterate it for ``(name, uint8 H x W x 3)``; afterwards ``n_read``/``n_skipped`` hold the
-    counts. ``domain`` picks the domain of a shard root (a directory with ``index.json``)."""
+    counts. ``domain`` picks the tars ``<domain>-*.tar`` of a directory that holds several sets (a shard root)."""
 
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], domain: str | None = None):
         self.names: list[str] | None = None
@@ -219,10 +219,9 @@ class ImageSource:
             return
         self.path = str(source)
         p = Path(self.path).expanduser()
-        if p.is_dir() and (p / "index.json").is_file():
-            self._from_shard_root(p, domain)
-        elif p.is_dir():
-            tars = sorted(x for x in p.iterdir() if x.is_file() and x.name.endswith(".tar"))
+        if p.is_dir():
+            tars = sorted(x for x in p.iterdir() if x.is_file() and x.name.endswith(".tar")
+                          and (domain is None or _shard_group(x.name) == domain))
             if tars:
                 groups = sorted({_shard_group(t.name) for t in tars})
                 if len(groups) > 1:
@@ -251,23 +250,10 @@ class ImageSource:
         else:
             raise UserError(f"image source not found: {p} (expected a directory, a .zip, or .tar shards)")
 
-    def _from_shard_root(self, root: Path, domain: str | None) -> None:
-        from cyclegan_dist.data.shards import read_index, shard_list
-
-        index = read_index(root)
-        domains = sorted(index["domains"])
-        if domain is None:
-            if len(domains) != 1:
-                raise UserError(f"{root} is a shard root with domains {', '.join(domains)}; pick one, "
-                                f"e.g. '{root / domains[0]}-*.tar'")
-            domain = domains[0]
-        self.kind, self.urls = "shards", [s["url"] for s in shard_list(root, index, domain)]
-        self._count = int(index["domains"][domain]["count"])
-
     @property
     def count(self) -> int | None:
-        """Number of candidate images when known up front (directory, zip, shard root), else None."""
-        return len(self.names) if self.names is not None else getattr(self, "_count", None)
+        """Number of candidate images when known up front (directory, zip), else None."""
+        return len(self.names) if self.names is not None else None
 
     def fingerprint(self) -> str:
         """This set and its content version (paths, sizes, mtimes), for cache keys."""

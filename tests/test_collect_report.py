@@ -110,12 +110,14 @@ def test_report_table_winner_grid_curves(work):
     winner = min(scores, key=scores.get)
     assert f"**Winner: {winner} (" in text and "seed-to-seed spread is unknown" in text
     assert out.stdout.startswith(f"winner: {winner} (")
+    from cyclegan_dist.eval.samples import LABEL_WIDTH, PAD
+
     with Image.open(folder / "grid.png") as grid:
-        assert grid.format == "PNG"  # 6 photos a row, 128 px tiles, 2 px padding; rows: photos + one per run
-        assert grid.size == (6 * 130 + 2, (1 + len(RUNS)) * 130 + 2)
+        assert grid.format == "PNG"  # labels, then 6 photos a row, 128 px tiles; rows: photos + one per run
+        assert grid.size == (LABEL_WIDTH + 6 * (128 + PAD) + PAD, 18 + (1 + len(RUNS)) * (128 + PAD) + PAD)
         grid.load()
-    with Image.open(folder / "curves.png") as curves:
-        assert curves.format == "PNG" and curves.size[0] > 3 * curves.size[1]  # four panels side by side
+    with Image.open(folder / "curves.png") as curves:  # one row of four panels per run
+        assert curves.format == "PNG" and curves.size[0] == pytest.approx(1.5 * len(RUNS) * curves.size[1], rel=0.05)
         curves.load()
 
 

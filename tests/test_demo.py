@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cyclegan_dist.data.demo import _band, demo_eval_pairs, ensure_demo_shards, painterly
+from cyclegan_dist.data.demo import DEMO_VERSION, _band, demo_eval_pairs, ensure_demo_shards, painterly
 from cyclegan_dist.data.streams import UnpairedShardDataset, make_loader
 from cyclegan_dist.data.transforms import psnr
 from cyclegan_dist.errors import UserError
@@ -38,7 +38,7 @@ def default_demo(tmp_path_factory):
 def test_demo_deterministic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("CYCLEGAN_DIST_CACHE", str(tmp_path / "cache"))
     a = ensure_demo_shards(**SMALL)
-    assert a == tmp_path / "cache" / "demo-32-v1-40-20-8"
+    assert a == tmp_path / "cache" / f"demo-32-v{DEMO_VERSION}-40-20-8"
     b = ensure_demo_shards(tmp_path / "elsewhere" / "b", **SMALL)
     files = sorted(p.name for p in a.iterdir())
     assert files == sorted(p.name for p in b.iterdir())
@@ -52,7 +52,7 @@ def test_demo_deterministic_and_cached(tmp_path, monkeypatch):
     t = time.perf_counter()
     assert ensure_demo_shards(**SMALL) == a
     assert time.perf_counter() - t < 0.2 and (a / "index.json").stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["demo-32-v1-40-20-8"]  # no temp dirs left
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"demo-32-v{DEMO_VERSION}-40-20-8"]  # no temp dirs left
 
 
 def test_demo_default_counts_and_psnr_baseline(default_demo):

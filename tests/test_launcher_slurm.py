@@ -108,7 +108,7 @@ def jobs(slurm_cluster, tmp_path_factory):
     work = tmp_path_factory.mktemp("launcher-slurm")
     root = work / "runs"
     other = work / "smoke_resnet.yaml"  # the smoke run with the other generator family
-    other.write_text(f"extends: {ROOT / 'configs' / 'smoke.yaml'}\nexperiment: smoke_resnet\nmodel:\n"
+    other.write_text("extends: smoke.yaml\nexperiment: smoke_resnet\nmodel:\n"
                      f"  generator: {'resnet_6blocks' if SMOKE_GENERATOR.startswith('unet') else 'unet_32'}\n")
     submitted: dict = {"work": work, "root": root, "t0": {}}
 

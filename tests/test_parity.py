@@ -1,6 +1,6 @@
 """Data-parallel training is the same training: 2 gloo ranks x batch b == 1 process x batch 2b.
 
-Both sides run the real code path (``make_accelerator`` -> ``accelerator.prepare`` -> ``train_step``, see
+Both sides run the real code path (the ``Runtime``'s Accelerator -> ``prepare`` -> ``train_step``, see
 tests/workers/common.py) on the same fixed batches: rank r of 2 takes rows [r*b, (r+1)*b) of the 1-process batch.
 The image pool is off (its random swaps are per rank) and there is no dropout; InstanceNorm is per sample and every
 loss is a mean over the batch, so the mean of the two ranks' gradients IS the big-batch gradient, mathematically.

@@ -62,10 +62,10 @@ def fresh_accelerate_state():
 def _new_accelerator(mixed_precision: str):
     from accelerate.state import AcceleratorState
 
-    from cyclegan_dist.train.runtime import make_accelerator
+    from cyclegan_dist.train.runtime import Runtime
 
     AcceleratorState._reset_state(True)
-    return make_accelerator(tiny_config(f'train.mixed_precision="{mixed_precision}"').train)
+    return Runtime(tiny_config(f'train.mixed_precision="{mixed_precision}"').train).acc_G
 
 
 # ------------------------------------------------------------------------------------------------------------ bf16

@@ -122,8 +122,10 @@ def describe(arch: ModelConfig | Mapping[str, Any]) -> str:
     return f"{a.get('generator')} (ngf={a.get('ngf')}, norm={a.get('norm')}, {a.get('input_nc')}->{a.get('output_nc')} channels{extra})"
 
 
-def export_generator(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, direction: str = "AtoB") -> Path:
-    """Write ``generator.safetensors`` + ``generator.yaml`` (architecture keys only) into ``out_dir``.
+def export_generator(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, direction: str = "AtoB",
+                     raw_weights: bool = False) -> Path:
+    """Write ``generator.safetensors`` + ``generator.yaml`` (architecture keys only) into ``out_dir`` (the EMA
+    generator of a checkpoint that has one, unless ``raw_weights``).
 
     ``checkpoint_dir`` is anything :func:`load_generator` accepts. Use in a notebook (e.g. on Kaggle)::
 
@@ -138,7 +140,7 @@ def export_generator(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLi
         with torch.inference_mode(): y = G(x.permute(2, 0, 1)[None].float() / 127.5 - 1)[0]
         Image.fromarray(((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save("out.jpg")
     """
-    net, mc = load_generator(checkpoint_dir, direction)
+    net, mc = load_generator(checkpoint_dir, direction, raw_weights=raw_weights)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

@@ -1,7 +1,7 @@
 """The real training step, wired exactly as ``cyclegan_dist.train.loop`` wires it, on fixed synthetic batches.
 
 Used in-process by tests/test_precision.py and, through ``step_worker.py``, in plain and torchrun subprocesses by
-tests/test_parity.py. ``make_accelerator`` -> ``build_pairs`` -> Adam x2 -> ``accelerator.prepare`` ->
+tests/test_parity.py. ``Runtime`` (its Accelerator) -> ``build_pairs`` -> Adam x2 -> ``accelerator.prepare`` ->
 ``StepParts(backward=accelerator.backward, autocast=accelerator.autocast)`` -> ``train_step``; only the data
 differs from the loop: each step's global batch is a pure function of (data_seed, step), and rank r of W takes
 rows [r*b, (r+1)*b) of it (b = global_batch / W), so any world size sees the same samples.
@@ -18,7 +18,7 @@ from torch import nn
 from cyclegan_dist.config import Config, load_config
 from cyclegan_dist.image_pool import ImagePool
 from cyclegan_dist.train.modules import build_pairs
-from cyclegan_dist.train.runtime import make_accelerator
+from cyclegan_dist.train.runtime import Runtime
 from cyclegan_dist.train.schedule import scaled_lr
 from cyclegan_dist.train.step import StepParts, train_step
 
@@ -102,7 +102,7 @@ def train_k_steps(config: Config, steps: int, global_size: int, data_seed: int =
                   accelerator=None, perturb: float = 0.0) -> Run:
     """``steps`` real training steps; ``rank1_data_seed`` feeds rank 1 other data (the negative control);
     ``perturb`` starts from weights perturbed by that relative amount (see :func:`perturb_`)."""
-    accelerator = accelerator if accelerator is not None else make_accelerator(config.train)
+    accelerator = accelerator if accelerator is not None else Runtime(config.train).acc_G
     world, rank = accelerator.num_processes, accelerator.process_index
     assert global_size % world == 0, (global_size, world)
     b = global_size // world
