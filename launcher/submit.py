@@ -255,10 +255,13 @@ def _pythonpath() -> str:
 
 @contextlib.contextmanager
 def _submission_env(env: dict[str, str]):
-    """submitit's clean_env (no SLURM_*/RANK/MASTER_* leak into the job) plus the job's PYTHONPATH."""
+    """submitit's clean_env (no SLURM_*/RANK/MASTER_* leak into the job) plus the job's PYTHONPATH; SLURM_CONF stays."""
     from submitit.helpers import clean_env
 
+    conf = os.environ.get("SLURM_CONF")  # which cluster to submit to: not a job variable, but clean_env drops it
     with clean_env():
+        if conf:
+            os.environ["SLURM_CONF"] = conf
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
