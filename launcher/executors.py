@@ -31,6 +31,7 @@ def make_executor(profile: Profile, resources: Resources, folder: Path, job_name
         "job_name": job_name, "time": minutes, "nodes": resources.nodes, "ntasks_per_node": resources.tasks_per_node,
         "cpus_per_task": resources.cpus_per_task, "signal_delay_s": profile.signal_delay_s, "stderr_to_stdout": True,
         "setup": lines, "additional_parameters": {"requeue": True, **profile.sbatch_extra},
+        "srun_args": ["--kill-on-bad-exit=1"],
     }
     if resources.gpus:
         params["gpus_per_node"] = resources.gpus_per_node

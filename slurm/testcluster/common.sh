@@ -26,8 +26,9 @@ DEFAULT_MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_SOCKET=${CYCLEGAN_SLURM_MUNGE_SOCKET:-$DEFAULT_MUNGE_SOCKET}
 # first job id of a fresh cluster (empty: SLURM's default, 1)
 FIRST_JOB_ID=${CYCLEGAN_SLURM_FIRST_JOB_ID:-}
-# seconds without an answer from a slurmd before slurmctld sets its node DOWN (and requeues its jobs)
-SLURMD_TIMEOUT=${CYCLEGAN_SLURM_SLURMD_TIMEOUT:-60}
+# seconds without an answer from a slurmd before slurmctld sets its node DOWN (and requeues its jobs):
+# start.sh uses $CYCLEGAN_SLURM_SLURMD_TIMEOUT, else 60 with one node and 20 with several (a lost node
+# ends its jobs within about half a minute).
 
 # Multi-node mode (start.sh --nodes N, N >= 2): one slurmd per network + UTS namespace, joined to the root
 # namespace by a veth pair on a bridge. Names: netns/node/hostname $NET_PREFIX-node<i>, bridge $NET_PREFIX-br,

@@ -61,11 +61,13 @@ wait_for() {
 }
 
 [[ $(id -u) -eq 0 ]] || fail "start.sh must run as root"
+[[ $NODES =~ ^[0-9]+$ ]] || fail "--nodes (or CYCLEGAN_SLURM_NODES) must be a number, got '$NODES'"
+SLURMD_TIMEOUT=${CYCLEGAN_SLURM_SLURMD_TIMEOUT:-$((NODES > 1 ? 20 : 60))}
 for v in CPUS:NODE_CPUS GPUS:NODE_GPUS MEM_MB:NODE_MEM_MB DB_PORT:DB_PORT CTLD_PORT:CTLD_PORT \
-    SLURMD_PORT:SLURMD_PORT DBD_PORT:DBD_PORT SLURMD_TIMEOUT:SLURMD_TIMEOUT NODES:NODES; do
+    SLURMD_PORT:SLURMD_PORT DBD_PORT:DBD_PORT SLURMD_TIMEOUT:SLURMD_TIMEOUT; do
     var=${v#*:}
     val=${!var}
-    [[ $val =~ ^[0-9]+$ ]] || fail "CYCLEGAN_SLURM_${v%%:*} (or --nodes) must be a number, got '$val'"
+    [[ $val =~ ^[0-9]+$ ]] || fail "CYCLEGAN_SLURM_${v%%:*} must be a number, got '$val'"
 done
 ((NODES >= 1 && NODES <= 200)) || fail "--nodes must be 1..200, got $NODES"
 [[ -z $FIRST_JOB_ID || $FIRST_JOB_ID =~ ^[0-9]+$ ]] || fail "CYCLEGAN_SLURM_FIRST_JOB_ID must be a number"
@@ -279,21 +281,31 @@ fi
 hosts_wanted() { local l; for l in "${hosts_lines[@]}"; do printf '%s # %s\n' "$l" "$HOSTS_TAG"; done; }
 
 # True when the bridge, every namespace (lo and eth0 up with the node's address, its veth on the bridge)
-# and the /etc/hosts lines are as they should be.
+# and the /etc/hosts lines are as they should be. NET_PROBLEM says what is not. (grep >/dev/null, not
+# grep -q: under pipefail, ip killed by SIGPIPE when grep -q stops reading would fail the check.)
+NET_PROBLEM=""
 network_ok() {
     ((NODES > 1)) || return 0
-    ip -o addr show dev "$BRIDGE" 2>/dev/null | grep -q " $BRIDGE_ADDR/24 " || return 1
+    NET_PROBLEM="bridge $BRIDGE has no address $BRIDGE_ADDR/24"
+    ip -o addr show dev "$BRIDGE" 2>/dev/null | grep " $BRIDGE_ADDR/24 " >/dev/null || return 1
+    NET_PROBLEM="the /etc/hosts lines tagged $HOSTS_TAG differ"
     [[ $(hosts_ours) == "$(hosts_wanted)" ]] || return 1
-    local i ns
+    local i ns veth
     for ((i = 0; i < NODES; i++)); do
         ns=${NODE_NAMES[i]}
+        veth=$(node_veth $((i + 1)))
+        NET_PROBLEM="no network namespace $ns"
         [[ -e /run/netns/$ns ]] || return 1
         # administratively up (the UP flag; the operational state follows a moment later)
-        ip -o link show "$(node_veth $((i + 1)))" 2>/dev/null | grep -Eq "[<,]UP[,>].* master $BRIDGE " || return 1
-        ip -n "$ns" -o addr show dev "$NS_IFNAME" 2>/dev/null | grep -q " ${NODE_ADDRS[i]}/24 " || return 1
-        ip -n "$ns" -o link show "$NS_IFNAME" 2>/dev/null | grep -Eq '[<,]UP[,>]' || return 1
-        ip -n "$ns" -o link show lo 2>/dev/null | grep -Eq '[<,]UP[,>]' || return 1
+        NET_PROBLEM="$veth is not up on $BRIDGE"
+        ip -o link show "$veth" 2>/dev/null | grep -E "[<,]UP[,>].* master $BRIDGE " >/dev/null || return 1
+        NET_PROBLEM="$NS_IFNAME in $ns has no address ${NODE_ADDRS[i]}/24"
+        ip -n "$ns" -o addr show dev "$NS_IFNAME" 2>/dev/null | grep " ${NODE_ADDRS[i]}/24 " >/dev/null || return 1
+        NET_PROBLEM="$NS_IFNAME or lo in $ns is not up"
+        ip -n "$ns" -o link show "$NS_IFNAME" 2>/dev/null | grep -E '[<,]UP[,>]' >/dev/null || return 1
+        ip -n "$ns" -o link show lo 2>/dev/null | grep -E '[<,]UP[,>]' >/dev/null || return 1
     done
+    NET_PROBLEM=""
 }
 
 # Create what is missing of the bridge, namespaces, veths and hosts entries (idempotent).
@@ -493,7 +505,7 @@ done
 if ((NODES > 1)) && ! network_ok; then
     log "setting up $NODES nodes on bridge $BRIDGE ($SUBNET): ${NODE_NAMES[*]}"
     setup_network
-    network_ok || fail "the network of the nodes is not as expected after setting it up"
+    network_ok || fail "the network of the nodes is not as expected after setting it up: $NET_PROBLEM"
 fi
 
 # ---------------------------------------------------------------- slurmctld
@@ -505,7 +517,7 @@ if ! daemon_pid slurmctld >/dev/null; then
 fi
 wait_for 45 slurmctld timeout 10 scontrol ping ||
     fail "slurmctld does not answer" "${LOGFILE[slurmctld]}" "$LOG_DIR/slurmctld.out"
-ctld_up() { timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; }
+ctld_up() { timeout 10 scontrol ping 2>/dev/null | grep 'is UP' >/dev/null; }
 wait_for 45 slurmctld ctld_up ||
     fail "slurmctld is not UP" "${LOGFILE[slurmctld]}" "$LOG_DIR/slurmctld.out"
 
