@@ -103,7 +103,7 @@ show_log() {
 daemon_pid() {
     local key=$1 name=${1%%@*} f=${PIDFILE[$1]:-} pid comm
     [[ -n $f && -f $f ]] || return 1
-    pid=$(tr -dc '0-9' < "$f" 2>/dev/null || true)
+    pid=$(tr -dc '0-9' 2>/dev/null < "$f" || true)
     if [[ -n $pid && -r /proc/$pid/comm ]]; then
         comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
         # comm may be e.g. "slurmctld" or "slurmctld-wlm" (Debian alternatives)
@@ -128,13 +128,14 @@ descendants() {
 # The slurm.conf a running SLURM program (pid $1) reads: -f FILE, else its SLURM_CONF, else /etc/slurm.
 proc_conf() {
     local pid=$1 args conf=""
-    mapfile -d '' -t args < "/proc/$pid/cmdline" 2>/dev/null || return 1
+    # (2>/dev/null before <: the process may be gone, and a failed redirection is reported by the shell)
+    mapfile -d '' -t args 2>/dev/null < "/proc/$pid/cmdline" || return 1
     local i
     for ((i = 1; i < ${#args[@]}; i++)); do
         if [[ ${args[i]} == -f ]]; then conf=${args[i + 1]:-}; fi
     done
     if [[ -z $conf ]]; then
-        conf=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | sed -n 's/^SLURM_CONF=//p' | head -n1)
+        conf=$(tr '\0' '\n' 2>/dev/null < "/proc/$pid/environ" | sed -n 's/^SLURM_CONF=//p' | head -n1)
     fi
     echo "${conf:-/etc/slurm/slurm.conf}"
 }
