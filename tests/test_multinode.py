@@ -37,7 +37,7 @@ REQUIRE = bool(os.environ.get("CYCLEGAN_REQUIRE_SLURM"))
 TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
         "wandb.mode=disabled"]
 STEPS = 30
-LONG = [f"train.steps={STEPS}", "train.checkpoint_every=10", *TINY]  # 4 ranks on 2 cores: ~0.5 s a step
+LONG = [f"train.steps={STEPS}", "train.checkpoint_every=10", *TINY]  # ~0.5 s a step; the stop check runs every 10 steps
 SHORT = ["train.steps=6", "train.checkpoint_every=3", *TINY]
 JOB_TIMEOUT = 400
 FINAL = f"step-{STEPS:08d}"
