@@ -33,10 +33,14 @@ def wait_local(job: Any, timeout: float) -> None:
 
 @contextlib.contextmanager
 def submission_env(env: dict[str, str]):
-    """submitit's clean_env (no SLURM_*/RANK/MASTER_* leak into the job) plus the job's own variables."""
+    """submitit's clean_env (no SLURM_*/RANK/MASTER_* leak into the job) plus the job's own variables.
+    SLURM_CONF stays: it says which cluster sbatch submits to (clean_env would drop it with every SLURM_*)."""
     from submitit.helpers import clean_env
 
+    conf = os.environ.get("SLURM_CONF")
     with clean_env():
+        if conf:
+            os.environ["SLURM_CONF"] = conf
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:

@@ -1,8 +1,12 @@
 """Shared fixtures.
 
-``slurm_cluster``: the single-host test SLURM (slurm/testcluster), started once per session if it is not up.
-Tests that need it skip only when ``sbatch`` is missing and CYCLEGAN_REQUIRE_SLURM is unset; with
-CYCLEGAN_REQUIRE_SLURM=1 (CI) a missing or dead cluster is a failure.
+``slurm_cluster``: the test SLURM (slurm/testcluster), started once per session if it is not up: with
+``--nodes $CYCLEGAN_SLURM_NODES`` (default 2, as in CI: two nodes in their own network namespaces). Tests that
+need it skip only when ``sbatch`` is missing and CYCLEGAN_REQUIRE_SLURM is unset; with CYCLEGAN_REQUIRE_SLURM=1
+(CI) a missing or dead cluster is a failure. A cluster that is up already is used as it is (one node or
+several); tests that need two nodes (tests/test_multinode.py) skip on one, or fail under CYCLEGAN_REQUIRE_SLURM.
+The SLURM client tools read ``$SLURM_CONF`` (default /etc/slurm/slurm.conf): point it at another cluster's
+config to run the tests there (slurm/testcluster/README.md, "Two clusters on one machine").
 """
 
 from __future__ import annotations
@@ -14,15 +18,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+READY = ("idle", "mixed", "allocated", "completing")
+
+
+def slurm_nodes(ready_only: bool = True) -> list[str]:
+    """The cluster's node names (sinfo), in SLURM's order; only those that can run jobs unless ready_only=False."""
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False, capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []
+    nodes: list[str] = []
+    for line in proc.stdout.splitlines():
+        name, _, state = line.partition(" ")
+        if name and name not in nodes and (not ready_only or state.strip().rstrip("*~#") in READY):
+            nodes.append(name)
+    return nodes
 
 
 def _node_up() -> bool:
-    try:
-        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], check=False, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    states = proc.stdout.split()
-    return proc.returncode == 0 and any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states)
+    return bool(slurm_nodes())
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +50,9 @@ def slurm_cluster() -> None:
     start = ROOT / "slurm" / "testcluster" / "start.sh"
     if os.geteuid() != 0 or not start.is_file():
         pytest.fail(f"SLURM is not running and cannot be started here (needs root and {start})")
-    proc = subprocess.run(["bash", str(start)], check=False, capture_output=True, text=True, timeout=600)
+    nodes = os.environ.get("CYCLEGAN_SLURM_NODES") or "2"
+    proc = subprocess.run(["bash", str(start), "--nodes", nodes], check=False, capture_output=True, text=True,
+                          timeout=600)
     if proc.returncode != 0 or not _node_up():
-        pytest.fail(f"bash {start} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(f"bash {start} --nodes {nodes} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                    f"{proc.stderr[-4000:]}")

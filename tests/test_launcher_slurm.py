@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import slurm_nodes
 
 from cyclegan_dist.config import load_config
 from cyclegan_dist.rundir import read_jsonl
@@ -43,7 +44,7 @@ SMOKE_GENERATOR = load_config("smoke").model.generator
 
 
 def job_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_")) or k == "SLURM_CONF"}
     env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                 "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
     env.pop("CYCLEGAN_CLUSTER", None)
@@ -165,8 +166,8 @@ def test_bad_inputs_queue_nothing(jobs, tmp_path):
         (["--exp", "smoke", "--cluster", str(profile)], {}, "missing key(s) partition"),
         (["--exp", "smoke", "--cluster", "slurm"], {"PATH": str(bin_dir)}, "--cluster slurm: sbatch/srun not found"),
         (["--exp", "smoke", "--cluster", "local", "--gpus", "2"], {"CUDA_VISIBLE_DEVICES": ""}, "this machine has 0 CUDA GPUs"),
-        # valid arithmetic, but the test cluster has one node: sbatch itself refuses, and nothing is queued
-        (["--exp", "smoke", "--gpus", "4"], {}, "sbatch refused the job"),
+        # valid arithmetic, but one node more than the test cluster has: sbatch itself refuses, nothing is queued
+        (["--exp", "smoke", "--gpus", str(2 * (len(slurm_nodes(ready_only=False)) + 1))], {}, "sbatch refused the job"),
     ]
     before = squeue_ids()
     root = tmp_path / "runs"
@@ -213,7 +214,8 @@ def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
     t_restart = next(e["time"] for e in events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
     # 2. killed without warning (SIGKILL to every task), requeued by hand: resumes from the last periodic checkpoint
     wait_for(lambda: last_step(run_dir) >= 22, "the resumed run to pass step 22")
-    pids = [int(line.split()[0]) for line in sh("scontrol", "listpids", job).splitlines()[1:] if line.split()]
+    node = sh("squeue", "-h", "-j", job, "-o", "%N").strip()  # listpids reads that node's slurmd spool
+    pids = [int(line.split()[0]) for line in sh("scontrol", "listpids", job, node).splitlines()[1:] if line.split()]
     tasks = [p for p in pids if "submitit.core._submit" in _cmdline(p) and "srun" not in _cmdline(p).split("\0")[0]]
     assert len(tasks) == 2, pids
     for pid in tasks:

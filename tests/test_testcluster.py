@@ -7,6 +7,7 @@ CYCLEGAN_REQUIRE_SLURM=1 (CI) a missing or dead cluster fails.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -74,11 +75,14 @@ def cluster():
 def test_sinfo_shows_node_with_two_gpus(cluster):
     rows = [line.split("|") for line in run("sinfo", "-h", "-N", "-o", "%N|%T|%c|%G").stdout.split()]
     assert rows, "sinfo lists no node"
-    node, state, cpus, gres = rows[0]
-    assert node == "localhost"
-    assert state in {"idle", "mixed", "allocated", "completing"}, state
-    assert int(cpus) == 4
-    assert gres.startswith("gpu:2"), gres
+    names = [r[0] for r in rows]
+    # start.sh: one node "localhost", or (--nodes N) N nodes PREFIX-node1..N, each in its own network namespace
+    assert names == ["localhost"] or (len(names) >= 2 and all(re.fullmatch(r"[a-z0-9]+-node\d+", n) for n in names)
+                                      and len({n.rsplit("-node", 1)[0] for n in names}) == 1), names
+    for node, state, cpus, gres in rows:
+        assert state in {"idle", "mixed", "allocated", "completing"}, (node, state)
+        assert int(cpus) == 4
+        assert gres.startswith("gpu:2"), gres
 
 
 def test_multi_task_gpu_job_runs_and_is_accounted(cluster, tmp_path: Path):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Stop the single-host test SLURM cluster started by start.sh: jobs, slurmd, slurmctld,
-# slurmdbd, MariaDB, munged. Idempotent. Keeps the state dir (accounting DB, logs), so the
-# next start.sh is warm; `--purge` also deletes the state dir.
+# Stop the test SLURM cluster started by start.sh: jobs, slurmd(s), slurmctld, slurmdbd, MariaDB,
+# munged (only daemons started from this state dir), and in multi-node mode every process left in the
+# nodes' namespaces, the namespaces, veths, bridge and /etc/hosts entries. Idempotent. Keeps the state
+# dir (accounting DB, logs), so the next start.sh is warm; `--purge` also deletes the state dir.
+# Reads the same environment variables as start.sh (CYCLEGAN_SLURM_DIR, SLURM_CONF, ...).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,6 +19,7 @@ case ${1:-} in
 esac
 
 [[ $(id -u) -eq 0 ]] || { echo "[testcluster] ERROR: stop.sh must run as root" >&2; exit 1; }
+register_recorded_nodes
 
 # 1. cancel jobs while slurmctld is still there, so slurmstepd and job processes end cleanly
 if daemon_pid slurmctld >/dev/null && command -v squeue >/dev/null; then
@@ -34,23 +37,24 @@ if daemon_pid slurmctld >/dev/null && command -v squeue >/dev/null; then
 fi
 
 # 2. the SLURM daemons, then the database, then munge
-stop_daemon 15 slurmd slurmctld
+# shellcheck disable=SC2046
+stop_daemon 15 $(all_slurmd_keys) slurmctld
 stop_daemon 15 slurmdbd
 stop_daemon 30 mariadbd munged
 
-# 3. step daemons left behind (a job that outlived the cancel above). With our slurmd gone and
-#    no other slurmd on this host, any slurmstepd left is one of ours: kill it and its job.
-if [[ -z $(pgrep -x slurmd || pgrep -x slurmd-wlm || true) ]]; then
-    for pid in $(pgrep -x slurmstepd || pgrep -x slurmstepd-wlm || true); do
-        kids=$(descendants "$pid")
-        log "killing leftover slurmstepd $pid${kids:+ and its processes ${kids//$'\n'/ }}"
-        # shellcheck disable=SC2086
-        kill -KILL "$pid" $kids 2>/dev/null || true
-    done
-fi
+# 3. step daemons left behind (a job that outlived the cancel above) in the root namespace: those
+#    reading our slurm.conf are ours (another cluster's are left alone): kill them and their jobs.
+for pid in $(pids_with_our_conf slurmstepd); do
+    kids=$(descendants "$pid")
+    log "killing leftover slurmstepd $pid${kids:+ and its processes ${kids//$'\n'/ }}"
+    # shellcheck disable=SC2086
+    kill -KILL "$pid" $kids 2>/dev/null || true
+done
+# 4. multi-node mode: whatever is left in the nodes' namespaces, then the namespaces, veths, bridge, hosts
+teardown_network
 # a munged killed hard leaves its socket behind
 if ! munge_works; then
-    rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock 2>/dev/null || true
+    rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock" 2>/dev/null || true
 fi
 
 if ((purge)); then
