@@ -45,10 +45,12 @@ def add_common_args(parser: argparse.ArgumentParser, *, size: int, batch: str, r
                     precision: str = "fp32") -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (CI smoke)")
     parser.add_argument("--size", type=int, default=size, help=f"image side in pixels (default {size})")
-    parser.add_argument("--batch", type=csv(int), default=csv(int)(batch), help=f"batch size(s), comma-separated (default {batch})")
+    parser.add_argument("--batch", type=csv(int), default=csv(int)(batch),
+                        help=f"batch size(s), comma-separated (default {batch})")
     parser.add_argument("--precision", type=csv(str), default=csv(str)(precision),
                         help=f"fp32 | bf16 | fp16, comma-separated (default {precision})")
-    parser.add_argument("--reps", type=int, default=reps, help=f"timed repetitions per arm, interleaved (default {reps})")
+    parser.add_argument("--reps", type=int, default=reps,
+                        help=f"timed repetitions per arm, interleaved (default {reps})")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice). On a shared, oversubscribed CPU use 1: "
@@ -183,7 +185,8 @@ def machine_line(info: dict[str, Any]) -> str:
             f"{info['torch_threads']}){gpu}; torch {info['torch']}, Python {info['python']}{load}")
 
 
-ENV_RECORDED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CYCLEGAN_PEAK_FLOPS", "CYCLEGAN_DIST_CACHE",
+ENV_RECORDED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CYCLEGAN_PEAK_FLOPS",
+                "CYCLEGAN_DIST_CACHE",
                 "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
 
 

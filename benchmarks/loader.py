@@ -175,13 +175,15 @@ def gpu_rate(args) -> tuple[float, str]:
         if fast:
             best = max(fast, key=lambda r: r["ours_img_s"])
             return float(best["ours_img_s"]), (f"measured: benchmarks.step resnet9 {best['variant']} batch "
-                                              f"{best['batch']} on {json.loads(Path(args.step_json).read_text())['machine'].get('gpu')}")
+                                              f"{best['batch']} on "
+                                              f"{json.loads(Path(args.step_json).read_text())['machine'].get('gpu')}")
     target = TARGET_MFU * H100_PEAK / TARGET_FLOPS_PER_SAMPLE
     return target, (f"NOT measured: the GPU goal (35% MFU of 989 TFLOP/s at {TARGET_FLOPS_PER_SAMPLE / 1e12:.1f} "
                     "TFLOP per 256px sample)")
 
 
-HEADERS = ["data", "images", "workers", "ours samples/s", "ref samples/s", "ratio", "range", "per core: ours", "per core: ref"]
+HEADERS = ["data", "images", "workers", "ours samples/s", "ref samples/s", "ratio", "range", "per core: ours",
+           "per core: ref"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -303,7 +305,8 @@ def main(argv=None) -> int:
         notes.append(f"feeding: at {rate:.0f} img/s per GPU ({source}), one node's CPUs: " + "; ".join(lines)
                      + ". Per-core rates measured on this machine (a shared, loaded one gives lower rates)")
         report.extra["feeding"] = {"gpu_img_s": rate, "gpu_source": source, "node_cores": cores,
-                                   "per_core": {k: {"ours": v[0], "ref": v[1], "workers": v[2]} for k, v in per_core.items()}}
+                                   "per_core": {k: {"ours": v[0], "ref": v[1], "workers": v[2]}
+                                                for k, v in per_core.items()}}
     report.notes += notes
     report.extra["datasets"] = built
     report.emit(args.json_out, args.markdown)

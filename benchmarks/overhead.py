@@ -167,7 +167,8 @@ def make_our_bare_step(config):
         discs.to(device)
         parts = StepParts(gens, discs, discs, torch.optim.Adam(gens.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)),
                           torch.optim.Adam(discs.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)),
-                          ImagePool(config.loss.pool_size, seed=0), ImagePool(config.loss.pool_size, seed=1), config.loss)
+                          ImagePool(config.loss.pool_size, seed=0), ImagePool(config.loss.pool_size, seed=1),
+                          config.loss)
 
         def step(batch):
             train_step(parts, *device_inputs(batch, device))
@@ -250,7 +251,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps at the start of every run (default 5)")
     p.add_argument("--window", type=int, default=40, help="timed steps per run, a multiple of --log-every (default 40)")
     p.add_argument("--log-every", type=int, default=10, help="train.log_every (default 10)")
-    p.add_argument("--wandb", default="disabled", choices=("disabled", "offline"), help="W&B mode for ours (default disabled)")
+    p.add_argument("--wandb", default="disabled", choices=("disabled", "offline"),
+                   help="W&B mode for ours (default disabled)")
     p.add_argument("--no-bare-step", action="store_true", help="skip the bare-step arm (2 arms instead of 3)")
     p.add_argument("--mode", default="auto", choices=("auto", "lockstep", "runs"),
                    help="lockstep: the bare steps run inside our run, alternating step by step (robust to load from "
@@ -285,7 +287,9 @@ def main(argv=None) -> int:
         config = bench_config(argparse.Namespace(**{**vars(args), "workers": 0}), steps)
     try:
         if mode == "runs":
-            arms: dict[str, Callable[[], float]] = {"ours": lambda: run_ours(config, StepClock(device, start, end), scratch)}
+            arms: dict[str, Callable[[], float]] = {
+                "ours": lambda: run_ours(config, StepClock(device, start, end), scratch),
+            }
             for n in names:
                 arms[n] = lambda n=n: run_bare(config, n, StepClock(device, start, end), steps, device)
             times = interleaved(arms, args.reps)
@@ -319,13 +323,15 @@ def main(argv=None) -> int:
         "vs bare-ref = median over repetitions of (arm's mean step time / bare-ref's in the same repetition); "
         "overhead = that minus 1 (negative: faster than the bare loop, i.e. within noise or a faster step)",
         f"data: the config's data set and loader ({config.data.num_workers} worker(s)"
-        + (", 0 in lockstep unless --workers is given: no arm's workers then run during another arm's step" if mode == "lockstep" else "")
+        + (", 0 in lockstep unless --workers is given: no arm's workers then run during another arm's step"
+           if mode == "lockstep" else "")
         + f") in every arm; device {device.type}",
     ]
     if "bare-step" in times:
         loop_only = Ratio.of(times["ours"], times["bare-step"])
         notes.append(f"ours vs bare-step (Accelerate + loop bookkeeping only, same step function): "
-                     f"{100 * (loop_only.median - 1):+.1f}% (range {100 * (loop_only.low - 1):+.1f}..{100 * (loop_only.high - 1):+.1f}%)")
+                     f"{100 * (loop_only.median - 1):+.1f}% (range {100 * (loop_only.low - 1):+.1f}.."
+                     f"{100 * (loop_only.high - 1):+.1f}%)")
     ok = ours.median <= 1.03
     notes.append(f"goal framework overhead <= 3%: {'MET' if ok else 'NOT MET'} ({100 * (ours.median - 1):+.1f}%, "
                  f"per-repetition range {100 * (ours.low - 1):+.1f}..{100 * (ours.high - 1):+.1f}%)")

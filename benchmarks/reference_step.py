@@ -135,7 +135,8 @@ class ReferenceCycleGAN:
         self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)
         self.loss_cycle_A = self.criterionCycle(self.rec_A, self.real_A) * lambda_A
         self.loss_cycle_B = self.criterionCycle(self.rec_B, self.real_B) * lambda_B
-        self.loss_G = self.loss_G_A + self.loss_G_B + self.loss_cycle_A + self.loss_cycle_B + self.loss_idt_A + self.loss_idt_B
+        self.loss_G = (self.loss_G_A + self.loss_G_B + self.loss_cycle_A + self.loss_cycle_B + self.loss_idt_A
+                       + self.loss_idt_B)
         self.loss_G.backward()
 
     @staticmethod

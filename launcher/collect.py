@@ -60,7 +60,8 @@ def select_runs(run_root: Path, experiments: list[str] | None, names: list[str] 
                 known = ", ".join(r["run"] for r in every[-10:]) or "none"
                 raise UserError(f"--run {name}: no such run{where} under {run_root} (runs: {known})")
             if len(hits) > 1:
-                raise UserError(f"--run {name} matches several runs ({', '.join(h['experiment'] + '/' + h['run'] for h in hits)}); "
+                matches = ", ".join(h["experiment"] + "/" + h["run"] for h in hits)
+                raise UserError(f"--run {name} matches several runs ({matches}); "
                                 "give <exp>/<run>")
             row = hits[0]
             if row["state"] != "COMPLETED" and (row["state"] not in gather.TERMINAL or not row["latest_checkpoint"]):

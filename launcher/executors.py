@@ -18,7 +18,7 @@ def make_executor(profile: Profile, resources: Resources, folder: Path, job_name
     ``workdir``: the tasks' working directory (the code snapshot). ``srun --kill-on-bad-exit=1``: a task that dies
     ends the whole step at once, instead of leaving the other ranks waiting in a collective."""
     minutes = time_min or profile.time_min
-    lines = [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()] + list(profile.setup) + list(setup)
+    lines = job_setup_lines(profile, env, setup)
     if profile.executor == "local":
         from submitit.local.local import LocalExecutor
 
@@ -30,8 +30,16 @@ def make_executor(profile: Profile, resources: Resources, folder: Path, job_name
     from submitit.slurm.slurm import SlurmExecutor
 
     executor = SlurmExecutor(folder, max_num_timeout=profile.max_requeues)
+    executor.update_parameters(**slurm_parameters(profile, resources, job_name, time_min=minutes, partition=partition,
+                                                  lines=lines, workdir=workdir))
+    return executor
+
+
+def slurm_parameters(profile: Profile, resources: Resources, job_name: str, *, time_min: int,
+                     partition: str | None, lines: list[str], workdir: str | None) -> dict[str, Any]:
+    """The SlurmExecutor parameters of a job (what its sbatch script says)."""
     params: dict[str, Any] = {
-        "job_name": job_name, "time": minutes, "nodes": resources.nodes, "ntasks_per_node": resources.tasks_per_node,
+        "job_name": job_name, "time": time_min, "nodes": resources.nodes, "ntasks_per_node": resources.tasks_per_node,
         "cpus_per_task": resources.cpus_per_task, "signal_delay_s": profile.signal_delay_s, "stderr_to_stdout": True,
         "setup": lines, "srun_args": ["--kill-on-bad-exit=1"],
         "additional_parameters": {"requeue": True, **({"chdir": workdir} if workdir else {}), **profile.sbatch_extra},
@@ -42,5 +50,8 @@ def make_executor(profile: Profile, resources: Resources, folder: Path, job_name
                        ("qos", profile.qos), ("mem", profile.mem), ("constraint", profile.constraint)):
         if value is not None:
             params[key] = value
-    executor.update_parameters(**params)
-    return executor
+    return params
+
+
+def job_setup_lines(profile: Profile, env: dict[str, str] | None, setup: tuple[str, ...] = ()) -> list[str]:
+    return [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()] + list(profile.setup) + list(setup)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.rundir import step_of
-from cyclegan_dist.summary import wandb_sync_command
+from cyclegan_dist.summary import format_duration, wandb_sync_command
 from cyclegan_dist.tables import format_table
 from launcher import runs, scheduler
 from launcher.runs import Run
@@ -108,12 +108,15 @@ def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict
     marked = run.rundir.best()
     best_ckpt = str(run.rundir.checkpoints / marked["checkpoint"]) if marked else None
     best_by = "eval/mifid" if marked else None
+    rate = step_rate(records)
+    eta = (total - step) / rate if running and rate and total and step < total else None
     return {
         "run": run.name, "experiment": run.experiment, "seed": run.manifest.get("seed"), "state": state,
         "job_id": run.job_id, "executor": run.executor, "cluster": run.manifest.get("cluster", {}).get("name"),
         "step": step, "total_steps": total, "requeues": runs.requeue_count(events),
         "world_size": run.manifest.get("resources", {}).get("world_size"), "gpus": gpus,
         "attempts": len(spans), "wall_time_s": round(wall, 1), "gpu_hours": round(wall * gpus / 3600, 4),
+        "img_per_s": last.get("img_per_s"), "steps_per_s": rate, "eta_s": eta, "last_problem": last_problem(run),
         "last": last, "best": best,
         "latest_checkpoint": str(ckpts[-1]) if ckpts else None, "best_checkpoint": best_ckpt, "best_by": best_by,
         **wandb_summary(run),
@@ -121,6 +124,25 @@ def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict
         "git_dirty": run.manifest.get("git", {}).get("dirty"), "run_dir": str(run.dir),
         "log": run.manifest.get("job", {}).get("log"),
     }
+
+
+def step_rate(records: list[dict[str, Any]], window: int = 4) -> float | None:
+    """Steps per second of wall time over the last few logging periods (logging and checkpoints included)."""
+    timed = [r for r in records if "loss/G" in r and _is_number(r.get("time"))][-window:]
+    if len(timed) < 2 or timed[-1]["time"] <= timed[0]["time"] or timed[-1]["step"] <= timed[0]["step"]:
+        return None
+    return (timed[-1]["step"] - timed[0]["step"]) / (timed[-1]["time"] - timed[0]["time"])
+
+
+def last_problem(run: Run) -> str | None:
+    """The run's newest warning or failure, as one line: what said it, and what."""
+    for event in reversed(run.events()):
+        if event.get("event") == "warning":
+            return f"{event.get('service')}: {event.get('message')}"
+        if event.get("event") == "failed":
+            rank = f" (rank {event['rank']})" if "rank" in event else ""
+            return f"failed{rank}: {event.get('error')}"
+    return None
 
 
 def collect(run_root: Path, experiments: list[str] | None = None) -> list[dict[str, Any]]:
@@ -144,10 +166,11 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
 
 
 STATUS_COLUMNS = [("RUN", "run"), ("EXP", "experiment"), ("JOB", "job_id"), ("STATE", "state"),
-                  ("STEP", "progress"), ("REQUEUES", "requeues"), ("LOSS_G", "last.loss/G"),
-                  ("LOSS_D", "last.loss/D")]
+                  ("STEP", "progress"), ("IMG/S", "img_per_s"), ("ETA", "eta"), ("GPU_H", "gpu_hours"),
+                  ("REQUEUES", "requeues"), ("LOSS_G", "last.loss/G"), ("LOSS_D", "last.loss/D"), ("LAST", "problem")]
 GATHER_COLUMNS = [("RUN", "run"), ("EXP", "experiment"), ("SEED", "seed"), ("STATE", "state"), ("STEP", "progress"),
-                  ("WALL_H", "wall_h"), ("GPU_H", "gpu_hours"), ("LOSS_G", "last.loss/G"), ("BEST_LOSS_G", "best.loss/G.value"),
+                  ("WALL_H", "wall_h"), ("GPU_H", "gpu_hours"), ("LOSS_G", "last.loss/G"),
+                  ("BEST_LOSS_G", "best.loss/G.value"),
                   ("FID", "last.eval/fid"), ("W&B", "wandb_ref")]
 
 
@@ -155,7 +178,11 @@ def with_display_fields(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     row["progress"] = f"{row['step']}/{row['total_steps']}" if row.get("total_steps") else str(row["step"])
     row["wall_h"] = round(row["wall_time_s"] / 3600, 3)
-    row["wandb_ref"] = row.get("wandb_url") or (f"{row['wandb_id']} ({row['wandb_mode']})" if row.get("wandb_id") else None)
+    row["eta"] = format_duration(row["eta_s"]) if row.get("eta_s") is not None else None
+    problem = row.get("last_problem")
+    row["problem"] = (problem[:57] + "...") if problem and len(problem) > 60 else problem
+    offline = f"{row['wandb_id']} ({row['wandb_mode']})" if row.get("wandb_id") else None
+    row["wandb_ref"] = row.get("wandb_url") or offline
     return row
 
 

@@ -17,7 +17,8 @@ that handler on every rank with one that only calls ``request_stop()``:
 
 SIGTERM alone (``scancel``, ``scontrol requeue``, SLURM's own preemption, the hard time limit) also asks for a
 checkpoint but never requeues: SLURM decides what happens next. SIGTERM followed by USR2 (submitit's model of a
-preemption) requeues, as submitit's handler would. A job killed without any signal resumes from its last periodic checkpoint.
+preemption) requeues, as submitit's handler would. A job killed without any signal resumes from its last periodic
+checkpoint.
 Before training starts, submitit's own handler is in place; it calls :meth:`TrainJob.checkpoint`, which
 resubmits the same job (there is nothing to save yet).
 """

@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": shlex.join(sys.argv),
             **runs.who(), "git": git_info(code_root()), "code": {"snapshot": None, "source": str(code_root())},
             "job": {"id": job_id, "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-                    "array_index": int(os.environ["SLURM_ARRAY_TASK_ID"]) if "SLURM_ARRAY_TASK_ID" in os.environ else None,
+                    "array_index": (int(os.environ["SLURM_ARRAY_TASK_ID"])
+                                    if "SLURM_ARRAY_TASK_ID" in os.environ else None),
                     "name": job_name, "folder": None, "log": None, "via": "sbatch template"},
             "job_ids": [job_id],
             "cluster": {"name": os.environ.get("SLURM_CLUSTER_NAME", "slurm"), "executor": "slurm",

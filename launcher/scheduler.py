@@ -91,6 +91,11 @@ def states(runs: list[Run]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def is_active(run: Run) -> bool:
+    """Whether the run's job is still queued or running (for the scheduler; a local job while its controller lives)."""
+    return states([run]).get(str(run.dir), {}).get("state") in ACTIVE
+
+
 def cancel(run: Run) -> str:
     """Stop a run's job: scancel (SIGTERM -> the job checkpoints, KillWait later SIGKILL), or SIGTERM locally."""
     job_id = run.job_id

@@ -84,11 +84,12 @@ def plan(args) -> Plan:
 
     experiments = split_list(args.exp)
     if not experiments:
-        raise UserError(f"--exp: give one or more experiments, comma-separated; known: {', '.join(known_experiments())}")
+        known = ", ".join(known_experiments())
+        raise UserError(f"--exp: give one or more experiments, comma-separated; known: {known}")
     if len(set(experiments)) != len(experiments):
         raise UserError(f"--exp lists an experiment twice: {experiments}")
     seeds = parse_seeds(args.seeds)
-    profile = clusters.resolve_cluster(args.cluster)
+    profile = clusters.resolve_cluster(args.cluster, require_sbatch=not getattr(args, "dry_run", False))
     resources = clusters.plan_resources(profile, gpus=args.gpus, gpus_per_node=args.gpus_per_node,
                                         cpu_ranks=args.cpu_ranks, cpus_per_task=args.cpus_per_task)
     if profile.executor == "local" and args.partition:
@@ -146,7 +147,7 @@ def plan_resume(args, run_root: Path) -> Plan:
     cluster = args.cluster if args.cluster != "auto" else (old.get("cluster", {}).get("path") or "auto")
     if cluster != "auto" and not Path(cluster).is_file():
         cluster = old.get("cluster", {}).get("name", "auto")
-    profile = clusters.resolve_cluster(cluster)
+    profile = clusters.resolve_cluster(cluster, require_sbatch=not getattr(args, "dry_run", False))
     was = old.get("resources", {})
     gpus = args.gpus if args.gpus is not None or args.cpu_ranks is not None else was.get("gpus")
     cpu_ranks = args.cpu_ranks if args.cpu_ranks is not None else (was.get("world_size") if gpus == 0 else None)
@@ -176,11 +177,58 @@ def _absolute_data_root(root: str | None) -> list[str]:
 
 
 def describe(p: Plan) -> str:
-    lines = [(f"cluster {p.profile.name} ({p.profile.executor}), {p.resources.describe()}, "
-              f"time {clusters.format_minutes(p.time_min)}, max requeues {p.profile.max_requeues}")]
-    for r in p.runs:
-        lines.append(f"  {r.experiment:<10} seed {r.seed:<3} -> {r.run_dir}")
+    r, prof = p.resources, p.profile
+    lines = [(f"cluster {prof.name} ({prof.executor}), {r.describe()}, "
+              f"time {clusters.format_minutes(p.time_min)}, max requeues {prof.max_requeues}")]
+    for run in p.runs:
+        lines.append(f"  {run.experiment:<10} seed {run.seed:<3} -> {run.run_dir}")
     return "\n".join(lines)
+
+
+def plan_details(p: Plan) -> str:
+    """What ``--dry-run`` prints besides :func:`describe`: the resources per task, the budget, the estimate."""
+    r, prof = p.resources, p.profile
+    unit = "GPU" if r.gpus else "CPU rank"
+    lines = [f"nodes x tasks: {r.nodes} x {r.tasks_per_node} ({r.world_size} ranks, one per {unit}); "
+             f"{r.cpus_per_task} CPU(s) per task; memory per node: {prof.mem or 'the partition default'}",
+             f"time limit {clusters.format_minutes(p.time_min)} per attempt; up to {prof.max_requeues} requeues "
+             f"(USR2 {prof.signal_delay_s} s before the limit: checkpoint, requeue, resume)",
+             "code: " + (f"a snapshot of the packages taken at submission, in {p.folder / 'code'}" if p.snapshot
+                         else "the live packages (--no-snapshot)")]
+    for run in p.runs:
+        lines.append(f"{run.experiment}: {estimate(p, run)}")
+    return "\n".join(lines)
+
+
+def estimate(p: Plan, run: PlannedRun) -> str:
+    """GPU-hours for the run's steps from the step time measured by earlier runs of the experiment at this world
+    size (the median of their last logging periods), or why there is none."""
+    steps = int(run.config["train"]["steps"])
+    world = p.resources.world_size
+    times = [rec["step_time_s"] for old in runs.iter_runs(p.run_root, [run.experiment])
+             for rec in old.rundir.metrics()[-3:] if rec.get("world_size") == world and rec.get("step_time_s")]
+    if not times:
+        return f"{steps:,} steps; no measured step time for it at {world} ranks yet (no estimate)"
+    step_s = sorted(times)[len(times) // 2]
+    hours = steps * step_s / 3600
+    devices = p.resources.gpus or world
+    return (f"{steps:,} steps x {step_s * 1000:.0f} ms/step measured by earlier runs = {hours:.2f} h wall, "
+            f"{hours * devices:.2f} {'GPU' if p.resources.gpus else 'rank'}-hours")
+
+
+def sbatch_preview(p: Plan) -> str | None:
+    """The batch script submitit would write for this plan (SLURM profiles only)."""
+    if p.profile.executor != "slurm":
+        return None
+    from launcher.executors import job_setup_lines, slurm_parameters
+    from launcher.submitit_adapter import sbatch_script
+
+    code = str(p.folder / "code") if p.snapshot else live_code()["path"]
+    params = slurm_parameters(p.profile, p.resources, p.job_name, time_min=p.time_min, partition=p.partition,
+                              lines=job_setup_lines(p.profile, job_env(code)), workdir=code if p.snapshot else None)
+    if len(p.runs) > 1:
+        params["map_count"] = len(p.runs)  # a job array: submitit writes --array=0-(N-1)
+    return sbatch_script(p.folder, params, sys.executable)
 
 
 def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:

@@ -8,6 +8,7 @@
   its controller process (``job._process``), which a Ctrl-C in ``launcher submit`` needs.
 * :func:`submission_env`: submitit's public ``clean_env`` plus the job's own variables.
 * :func:`sbatch_message`: the one useful line of the FailedJobError sbatch's refusal becomes.
+* :func:`sbatch_script`: the batch script a SlurmExecutor would write, without sbatch or srun here (dry runs).
 """
 
 from __future__ import annotations
@@ -57,3 +58,15 @@ def sbatch_message(exc: Exception) -> str:
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
     return "; ".join(lines) or text or repr(exc)
+
+
+def sbatch_script(folder, parameters: dict[str, Any], python: str) -> str:
+    """The batch script submitit's SlurmExecutor would write for a job with these parameters: its own generator
+    (``_make_sbatch_string``, no public call), so a dry run shows exactly what would be submitted, with no
+    sbatch or srun on this machine."""
+    import shlex
+
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **parameters)

@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-
 from helpers import ROOT, _env, latest_checkpoint, read_metrics
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
@@ -20,7 +19,8 @@ TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=
 
 
 def accelerate_launch(config: str, run_dir, env: dict | None = None):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"cyclegan_dist/configs/accelerate/{config}",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           f"cyclegan_dist/configs/accelerate/{config}",
            "--num_processes", "2", "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir", str(run_dir),
            "--set", *TINY]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=600)

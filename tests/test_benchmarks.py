@@ -65,7 +65,8 @@ def test_step_quick(tmp_path):
                 "--json", tmp_path / "step.json")
     headers, rows = table(out.stdout, "model")
     assert headers == HEADERS
-    assert [(r[0], r[5]) for r in rows] == [("resnet9", "fp32"), ("resnet9", "bf16+cl"), ("unet", "fp32"), ("unet", "bf16+cl")]
+    assert [(r[0], r[5]) for r in rows] == [("resnet9", "fp32"), ("resnet9", "bf16+cl"), ("unet", "fp32"),
+                                            ("unet", "bf16+cl")]
     for r in rows:
         assert float(r[headers.index("ratio")]) > 0 and float(r[headers.index("ours img/s")]) > 0
     assert "goal fp32 ours/ref" in out.stdout
@@ -109,7 +110,8 @@ def test_loader_quick(tmp_path):
 def test_gpu_script_quick_on_cpu(tmp_path):
     """benchmarks/gpu.sh --quick: every section runs on the CPU and lands in the results file."""
     results = tmp_path / "RESULTS.md"
-    out = subprocess.run(["bash", "benchmarks/gpu.sh", "--quick", "--out", str(tmp_path / "out"), "--results", str(results)],
+    out = subprocess.run(["bash", "benchmarks/gpu.sh", "--quick", "--out", str(tmp_path / "out"),
+                          "--results", str(results)],
                          capture_output=True, text=True, cwd=ROOT, env=_env(None), timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = results.read_text()

@@ -77,7 +77,8 @@ def test_collect_here_writes_checked_zips(work):
         row = next(line for line in out.stdout.splitlines() if line.startswith(f"{name} "))
         ckpt = (work / "runs" / exp / name / "checkpoints" / "best").read_text().strip()
         assert ckpt == "step-00000004"
-        assert row.split()[1:] == [exp, "here", ckpt, "(best)", "12", "yes,", "count", "warning", str(sub / f"{exp}-{name}.zip")]
+        assert row.split()[1:] == [exp, "here", ckpt, "(best)", "12", "yes,", "count", "warning",
+                                   str(sub / f"{exp}-{name}.zip")]
         assert f"warning: {exp}/{name}: 12 images; Kaggle wants 7000-10000" in out.stderr
         path = sub / f"{exp}-{name}.zip"
         with zipfile.ZipFile(path) as z:
@@ -99,8 +100,8 @@ def test_report_table_winner_grid_curves(work):
     print(text)
     number = r"[\d,]+\.\d"
     for name, exp, generator in (("r9", "resnet9-small", "resnet_9blocks"), ("un", "unet-small", "unet_32")):
-        cells = next(line for line in text.splitlines() if line.startswith(f"| {name} |")).strip("|").split("|")
-        cells = [c.strip() for c in cells]
+        cells = next([c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+                     if line.startswith("|") and line.strip("|").split("|")[0].strip() == name)
         assert cells[:3] == [name, exp, generator] and cells[4] == "4"
         assert re.fullmatch(r"[\d.]+", cells[5]), cells  # GPU-hours (rank-hours here) from the launcher
         fid, mifid = cells[7:9]
@@ -126,9 +127,11 @@ def test_winner_over_seeds():
     from launcher.report import winner_section
 
     def runs(exp: str, generator: str, mifids: list) -> list:
-        return [RunSummary(f"{exp}-s{i}", exp, Path("."), generator=generator, fid=m, mifid=m) for i, m in enumerate(mifids)]
+        return [RunSummary(f"{exp}-s{i}", exp, Path("."), generator=generator, fid=m, mifid=m)
+                for i, m in enumerate(mifids)]
 
-    lines, verdict = winner_section(runs("a", "resnet_9blocks", [10, 12, 14]) + runs("b", "unet_256", [20, 22]), ["a", "b"])
+    lines, verdict = winner_section(runs("a", "resnet_9blocks", [10, 12, 14]) + runs("b", "unet_256", [20, 22]),
+                                    ["a", "b"])
     assert verdict == "winner: a (resnet_9blocks), MiFID 12.0 ± 2.0 vs b (unet_256) 21.0 ± 1.4"
     assert "| a | resnet_9blocks | 3 | 3 | 12.0 ± 2.0 | 12.0 ± 2.0 |" in lines
     _, verdict = winner_section(runs("a", "g1", [10, 30]) + runs("b", "g2", [15, 16]), ["a", "b"])
@@ -138,13 +141,17 @@ def test_winner_over_seeds():
 
 
 def test_bad_inputs_one_error_line(work, tmp_path):
-    cases = [(("collect", "--exp", "nosuch", "--here", "--out", str(tmp_path / "s")), "error: unknown experiment 'nosuch'; known: "),
+    cases = [(("collect", "--exp", "nosuch", "--here", "--out", str(tmp_path / "s")),
+              "error: unknown experiment 'nosuch'; known: "),
              (("report", "--exp", "smoke", "--out", str(tmp_path / "r")), "error: no finished run of smoke under "),
-             (("collect", "--exp", "resnet9-small", "--run", "nope", "--out", str(tmp_path / "s")), "error: --run nope: no such run"),
-             (("collect", "--photos", str(tmp_path / "missing"), "--out", str(tmp_path / "s")), "error: image source not found")]
+             (("collect", "--exp", "resnet9-small", "--run", "nope", "--out", str(tmp_path / "s")),
+              "error: --run nope: no such run"),
+             (("collect", "--photos", str(tmp_path / "missing"), "--out", str(tmp_path / "s")),
+              "error: image source not found")]
     for args, message in cases:
         out = launcher(*args, cwd=work, timeout=60)
-        assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1, (args, out.stderr)
+        assert (out.returncode == 2 and out.stderr.startswith(message)
+                and out.stderr.count("\n") == 1), (args, out.stderr)
     empty = launcher("report", cwd=tmp_path, timeout=60)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished run under "), empty.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists() and not (tmp_path / "reports").exists()

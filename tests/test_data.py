@@ -121,7 +121,8 @@ def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
     assert "skipped 2 unreadable" in text and "corrupt.jpg" in text and "truncated.jpg" in text
     assert "skipped 1 image(s) smaller than min_size=16" in text and "first: tiny.png" in text
     files = _read_tar(tmp_path / "out" / "photo-000000.tar")
-    assert set(files) == {f"img00{i}.jpg" for i in range(3)} | {"gray.jpg", "rgba.jpg", "cmyk.jpg", "pal.jpg", "g16.jpg"}
+    assert set(files) == ({f"img00{i}.jpg" for i in range(3)}
+                          | {"gray.jpg", "rgba.jpg", "cmyk.jpg", "pal.jpg", "g16.jpg"})
     for data in files.values():
         assert Image.open(io.BytesIO(data)).mode == "RGB"
     g = np.asarray(decode_rgb(files["g16.jpg"]), np.float64)
@@ -235,7 +236,8 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, caplog):
     good = [(f"good{i}", _jpeg(_photo(i))) for i in range(3)]
     trunc = _jpeg(_photo(7))
     bad = [("bad0", b"\x00" * 300), ("bad1", trunc[: len(trunc) // 2]), ("bad2", b"\xff\xd8garbage")]
-    root = _hand_root(tmp_path / "r", good[:1] + bad[:2] + good[1:] + bad[2:], [(f"m{i}", _jpeg(_photo(30 + i))) for i in range(2)])
+    root = _hand_root(tmp_path / "r", good[:1] + bad[:2] + good[1:] + bad[2:],
+                      [(f"m{i}", _jpeg(_photo(30 + i))) for i in range(2)])
     ds = UnpairedShardDataset(root, load_size=36, crop_size=32)
     with caplog.at_level(logging.WARNING):
         items = [ds[k] for k in range(40)]
@@ -345,7 +347,8 @@ def test_transforms_roundtrip_and_reference_semantics():
     assert np.array_equal(to_uint8(flipped), ref[:, ::-1] if flip else ref)
     mirror = normalize(t1[None], torch.tensor([True]))[0]
     assert torch.equal(mirror, normalize(t1[None])[0].flip(-1))
-    reference = T.Compose([T.Resize([24, 24], T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    reference = T.Compose([T.Resize([24, 24], T.InterpolationMode.BICUBIC), T.ToTensor(),
+                           T.Normalize((0.5,) * 3, (0.5,) * 3)])
     assert eval_image(img, 24).shape == (3, 24, 24)
     assert torch.equal(normalize(eval_image(img, 24)[None])[0], reference(img))  # bit-identical to torchvision
 
@@ -387,7 +390,8 @@ def test_kaggle_jpg_layout_preferred_with_warnings(tmp_path, caplog):
     assert sorted(_read_tar(tmp_path / "o" / "monet-000000.tar")) == ["0064.jpg", "0065.jpg", "0066.jpg"]
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tfrecord leaks the file of a bad record
+# tfrecord leaks the file of a bad record
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_kaggle_tfrec_layout(tmp_path, caplog):
     from cyclegan_dist.data.kaggle import kaggle_sources
 

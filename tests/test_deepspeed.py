@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 from helpers import latest_checkpoint, read_metrics, run_torchrun
 
 pytest.importorskip("deepspeed", reason="the 'deepspeed' extra is not installed (pip install -e '.[deepspeed]')")
@@ -24,7 +23,8 @@ def test_zero2_two_ranks_equal_weights_and_exact_resume(tmp_path):
     assert ranks[0]["digest"] == ranks[1]["digest"], "ZeRO ranks ended with different weights"
     assert "opt_G" in ranks[0] and "opt_G" in ranks[1], "each rank must save its optimizer slice"
 
-    run_torchrun(2, "train", "--config", "smoke", "--run-dir", split, "--stop-after", "2", "--set", *ZERO2, "train.steps=4")
+    run_torchrun(2, "train", "--config", "smoke", "--run-dir", split, "--stop-after", "2", "--set", *ZERO2,
+                 "train.steps=4")
     assert latest_checkpoint(split).name == "step-00000002"
     run_torchrun(2, "train", "--config", "smoke", "--run-dir", split, "--set", *ZERO2, "train.steps=4")
     a = torch.load(latest_checkpoint(straight) / "state.pt", weights_only=True)

@@ -52,7 +52,8 @@ def test_demo_deterministic_and_cached(tmp_path, monkeypatch):
     t = time.perf_counter()
     assert ensure_demo_shards(**SMALL) == a
     assert time.perf_counter() - t < 0.2 and (a / "index.json").stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"demo-32-v{DEMO_VERSION}-40-20-8"]  # no temp dirs left
+    # no temp dirs left
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"demo-32-v{DEMO_VERSION}-40-20-8"]
 
 
 def test_demo_default_counts_and_psnr_baseline(default_demo):

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cyclegan_dist.config import load_config, write_config
-from cyclegan_dist.errors import UserError
 from cyclegan_dist.cli import build_parser
+from cyclegan_dist.config import load_config, write_config
 from cyclegan_dist.data.transforms import normalize, to_uint8
+from cyclegan_dist.errors import UserError
 from cyclegan_dist.eval.export import export_zip, photo_tensor
 from cyclegan_dist.images import ImageSource
 from cyclegan_dist.models import build_generator
@@ -36,7 +36,8 @@ def tiny(seed: int, name: str = "resnet_6blocks", in_nc: int = 3, out_nc: int = 
 def write_checkpoint(run_dir: Path, step: int, G_A, G_B, overrides=()) -> Path:
     d = run_dir / "checkpoints" / f"step-{step:08d}"
     d.mkdir(parents=True)
-    write_config(load_config("smoke", ["model.generator=resnet_6blocks", f"model.ngf={NGF}", *overrides]), d / "config.yaml")
+    write_config(load_config("smoke", ["model.generator=resnet_6blocks", f"model.ngf={NGF}", *overrides]),
+                 d / "config.yaml")
     save_file({k: v.contiguous() for k, v in G_A.state_dict().items()}, str(d / "G_A.safetensors"))
     save_file({k: v.contiguous() for k, v in G_B.state_dict().items()}, str(d / "G_B.safetensors"))
     torch.save({"step": step}, d / "state.pt")
@@ -203,7 +204,8 @@ def test_export_generator_round_trip(tmp_path):
     # the docstring recipe: no cyclegan_dist loader involved
     from safetensors.torch import load_file
 
-    G = build_generator(arch["generator"], arch["input_nc"], arch["output_nc"], arch["ngf"], arch["norm"], arch["use_dropout"])
+    G = build_generator(arch["generator"], arch["input_nc"], arch["output_nc"], arch["ngf"], arch["norm"],
+                        arch["use_dropout"])
     G.load_state_dict(load_file(str(out / "generator.safetensors")))
     assert same_output(G.eval(), G_B) and ckpt.is_dir()
 

@@ -15,8 +15,8 @@ import threadpoolctl
 import torch
 from PIL import Image
 
-from cyclegan_dist.errors import UserError
 from cyclegan_dist.cli import build_parser
+from cyclegan_dist.errors import UserError
 from cyclegan_dist.eval.fid import (
     RealStatsCache,
     compute_fid_mifid,
@@ -25,9 +25,9 @@ from cyclegan_dist.eval.fid import (
     mifid,
     statistics,
 )
+from cyclegan_dist.eval.inception import InceptionFeatures, load_inception, tf_bilinear_resize
 from cyclegan_dist.images import ImageSource, read_images
 from cyclegan_dist.images import to_array as to_rgb_array
-from cyclegan_dist.eval.inception import InceptionFeatures, load_inception, tf_bilinear_resize
 
 # ------------------------------------------------------------------------------------------------- test images
 

@@ -55,7 +55,8 @@ def test_wheel_trains_and_submits_from_an_empty_directory(venv, tmp_path):
     run_dir = tmp_path / "runs" / "smoke" / "w"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     snapshot = Path(manifest["code"]["snapshot"])
-    assert "/venv/lib/" in manifest["code"]["source"] and (snapshot / "cyclegan_dist" / "configs" / "smoke.yaml").is_file()
+    assert ("/venv/lib/" in manifest["code"]["source"]
+            and (snapshot / "cyclegan_dist" / "configs" / "smoke.yaml").is_file())
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["event"] == "start"]
     assert starts and starts[0]["code"]["path"] == str(snapshot), starts

@@ -19,7 +19,8 @@ TINY = ["train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train
 
 
 def launcher(*args: str, env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True,
+                          text=True, env=env,
                           cwd=cwd, timeout=timeout)
 
 
@@ -56,7 +57,8 @@ def test_local_executor_runs_smoke_end_to_end(tmp_path):
     status = launcher("status", "--json", env=env, cwd=tmp_path, timeout=60)
     assert status.returncode == 0, status.stderr
     (row,) = json.loads(status.stdout)
-    assert (row["run"], row["state"], row["step"], row["total_steps"], row["requeues"]) == ("here", "COMPLETED", 6, 6, 0)
+    assert ((row["run"], row["state"], row["step"], row["total_steps"], row["requeues"])
+            == ("here", "COMPLETED", 6, 6, 0))
     assert row["executor"] == "local" and row["wandb_mode"] == "offline" and row["wandb_sync"].startswith("wandb sync ")
 
     # a finished run has nothing to resume; asked to train longer, a new job continues its checkpoints

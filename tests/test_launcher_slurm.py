@@ -27,6 +27,7 @@ from conftest import slurm_nodes
 
 from cyclegan_dist.config import load_config
 from cyclegan_dist.rundir import read_jsonl
+from launcher import clusters
 from launcher.runs import JOB_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +126,8 @@ def jobs(slurm_cluster, tmp_path_factory):
     sb_dir = root / "smoke" / "sb"
     out = subprocess.run(["sbatch", "--parsable", f"--output={work}/sb-%j.out",
                           str(ROOT / "slurm" / "templates" / "train.sbatch"), "smoke", "--run-dir", str(sb_dir),
-                          "--set", *SHORT], check=False, capture_output=True, text=True, env=job_env(), cwd=work, timeout=60)
+                          "--set", *SHORT], check=False, capture_output=True, text=True, env=job_env(),
+                         cwd=work, timeout=60)
     assert out.returncode == 0, out.stderr
     submitted["sb_job"] = out.stdout.strip().split(";")[0]
     for name in ("ref", "rq"):
@@ -155,7 +157,7 @@ def wait_done(run_dir: Path, timeout: float = JOB_TIMEOUT) -> dict:
 def test_bad_inputs_queue_nothing(jobs, tmp_path):
     """Every input mistake: one clear line, exit 2, no job in squeue, no run directory."""
     profile = tmp_path / "broken.yaml"
-    profile.write_text((ROOT / "slurm" / "clusters" / "testcluster.yaml").read_text().replace("partition: debug\n", ""))
+    profile.write_text(clusters.known_profiles()["testcluster"].read_text().replace("partition: debug\n", ""))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)
@@ -165,7 +167,8 @@ def test_bad_inputs_queue_nothing(jobs, tmp_path):
         (["--exp", "smoke", "--gpus", "3"], {}, "--gpus 3 does not fill whole nodes of 2 GPUs"),
         (["--exp", "smoke", "--cluster", str(profile)], {}, "missing key(s) partition"),
         (["--exp", "smoke", "--cluster", "slurm"], {"PATH": str(bin_dir)}, "--cluster slurm: sbatch/srun not found"),
-        (["--exp", "smoke", "--cluster", "local", "--gpus", "2"], {"CUDA_VISIBLE_DEVICES": ""}, "this machine has 0 CUDA GPUs"),
+        (["--exp", "smoke", "--cluster", "local", "--gpus", "2"], {"CUDA_VISIBLE_DEVICES": ""},
+         "this machine has 0 CUDA GPUs"),
         # valid arithmetic, but one node more than the test cluster has: sbatch itself refuses, nothing is queued
         (["--exp", "smoke", "--gpus", str(2 * (len(slurm_nodes(ready_only=False)) + 1))], {}, "sbatch refused the job"),
     ]
@@ -180,23 +183,7 @@ def test_bad_inputs_queue_nothing(jobs, tmp_path):
     assert not list(root.glob("*/*/manifest.json")), "a bad input left a run behind"
 
 
-def test_two_task_smoke_job_on_two_fake_gpus(jobs):
-    run_dir = jobs["ref"]
-    m = wait_done(run_dir)
-    assert m["resources"] == {"gpus": 2, "nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2, "cpus_per_task": 1,
-                              "world_size": 2}
-    assert m["cluster"]["name"] == "testcluster" and m["job"]["id"].isdigit()
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
-    assert records[-1]["step"] == 80 and {r["world_size"] for r in records} == {2}
-    ev = events(run_dir)
-    assert [e["event"] for e in ev] == ["start", "completed"] and ev[0]["world_size"] == 2
-    wait_for(lambda: sacct_state(m["job"]["id"]) == "COMPLETED", "sacct to say COMPLETED", 60)
-    start, done = ev[0]["time"], ev[-1]["time"]
-    submit_, begin, end = sh("sacct", "-n", "-X", "-P", "-j", m["job"]["id"], "-o", "Submit,Start,End").split("|")
-    print(f"\nsmoke job (2 tasks, 80 steps): sacct submit {submit_} start {begin} end {end.strip()}; "
-          f"launcher submit -> training process up {start - jobs['t0']['ref']:.1f} s, -> done {done - start:.1f} s")
-
-
+# First, while the 'rq' job is still early in its 80 steps (with two nodes it runs beside 'ref', not after it).
 def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
     run_dir, ref = jobs["rq"], jobs["ref"]
     m = manifest(run_dir)
@@ -238,6 +225,23 @@ def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
         assert a == b, f"{name} differs from the uninterrupted run"
     print(f"\nrequeue cycle: USR2 -> requeued {stopped['time'] - t_signal:.1f} s, "
           f"USR2 -> running again {t_restart - t_signal:.1f} s")
+
+
+def test_two_task_smoke_job_on_two_fake_gpus(jobs):
+    run_dir = jobs["ref"]
+    m = wait_done(run_dir)
+    assert m["resources"] == {"gpus": 2, "nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2, "cpus_per_task": 1,
+                              "world_size": 2}
+    assert m["cluster"]["name"] == "testcluster" and m["job"]["id"].isdigit()
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
+    assert records[-1]["step"] == 80 and {r["world_size"] for r in records} == {2}
+    ev = events(run_dir)
+    assert [e["event"] for e in ev] == ["start", "completed"] and ev[0]["world_size"] == 2
+    wait_for(lambda: sacct_state(m["job"]["id"]) == "COMPLETED", "sacct to say COMPLETED", 60)
+    start, done = ev[0]["time"], ev[-1]["time"]
+    submit_, begin, end = sh("sacct", "-n", "-X", "-P", "-j", m["job"]["id"], "-o", "Submit,Start,End").split("|")
+    print(f"\nsmoke job (2 tasks, 80 steps): sacct submit {submit_} start {begin} end {end.strip()}; "
+          f"launcher submit -> training process up {start - jobs['t0']['ref']:.1f} s, -> done {done - start:.1f} s")
 
 
 def _cmdline(pid: int) -> str:
@@ -302,7 +306,8 @@ def test_status_and_gather_from_a_fresh_process(jobs, tmp_path):
     rq = next(r for r in table if r["run"] == "rq")
     assert rq["requeues"] == 2 and rq["attempts"] == 3 and rq["step"] == 80 and rq["world_size"] == 2
     assert rq["wall_time_s"] > 0 and rq["gpu_hours"] == pytest.approx(rq["wall_time_s"] * 2 / 3600, abs=1e-3)
-    assert rq["latest_checkpoint"].endswith("step-00000080") and Path(rq["latest_checkpoint"], "G_A.safetensors").is_file()
+    assert (rq["latest_checkpoint"].endswith("step-00000080")
+            and Path(rq["latest_checkpoint"], "G_A.safetensors").is_file())
     assert rq["last"]["loss/G"] > 0 and rq["best"]["loss/G"]["value"] <= rq["last"]["loss/G"]
     assert rq["wandb_mode"] == "offline" and len(rq["wandb_dirs"]) == 3  # one W&B run id, one offline dir per attempt
     assert all(Path(d).is_dir() and d.endswith(rq["wandb_id"]) for d in rq["wandb_dirs"])

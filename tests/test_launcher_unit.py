@@ -29,13 +29,15 @@ def py(code: str, env: dict | None = None, cwd: Path | None = None) -> subproces
 
 def launcher(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True, env=full,
+    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True,
+                          text=True, env=full,
                           cwd=cwd or ROOT, timeout=120)
 
 
 def test_launcher_imports_no_torch_and_help_is_instant():
     out = py("import sys, time; t = time.perf_counter()\n"
-             "import launcher.cli, launcher.submit, launcher.gather, launcher.scheduler, launcher.job, launcher.job_main\n"
+             "import launcher.cli, launcher.submit, launcher.gather, launcher.scheduler, launcher.job, "
+             "launcher.job_main\n"
              "launcher.cli.build_parser().format_help()\n"
              "print(sorted(m for m in ('torch', 'accelerate', 'cyclegan_dist.train', 'cyclegan_dist.entry', 'wandb')"
              " if m in sys.modules), time.perf_counter() - t)")
@@ -145,7 +147,8 @@ base = dict(os.environ)
 out = []
 for rank in range(int(os.environ["N"])):
     os.environ.clear(); os.environ.update(base)
-    os.environ.update({k: v.format(rank=rank, node=rank // 8, local=rank % 8) for k, v in json.loads(os.environ["PER_RANK"]).items()})
+    os.environ.update({k: v.format(rank=rank, node=rank // 8, local=rank % 8) for k, v in """ \
+"""json.loads(os.environ["PER_RANK"]).items()})
     out.append(export_torch_env())
 print(json.dumps(out))
 """
@@ -155,9 +158,11 @@ def test_env_export_from_a_2_node_x_8_gpu_slurm_job():
     env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2",
            "SLURM_JOB_NODELIST": "gpu[017-018]", "SLURM_NNODES": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
            "RANK": "99", "WORLD_SIZE": "99",  # stale values from the submitting shell are overwritten
-           "N": "16", "PER_RANK": json.dumps({"SLURM_PROCID": "{rank}", "SLURM_NODEID": "{node}", "SLURM_LOCALID": "{local}"})}
+           "N": "16", "PER_RANK": json.dumps({"SLURM_PROCID": "{rank}", "SLURM_NODEID": "{node}",
+                                              "SLURM_LOCALID": "{local}"})}
     env = {k: v for k, v in {**os.environ, **env}.items() if not k.startswith("SUBMITIT_") and k != "MASTER_PORT"}
-    out = subprocess.run([sys.executable, "-c", EXPORT_ALL_RANKS], check=False, capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-c", EXPORT_ALL_RANKS], check=False, capture_output=True, text=True,
+                         timeout=60,
                          env={**env, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     tasks = json.loads(out.stdout)
@@ -174,9 +179,11 @@ def test_env_export_in_a_submitit_local_task():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
     env.update({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "777", "SUBMITIT_LOCAL_NTASKS": "2",
                 "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0", "CUDA_VISIBLE_DEVICES": "",
-                "N": "2", "PER_RANK": json.dumps({"SUBMITIT_LOCAL_GLOBALID": "{rank}", "SUBMITIT_LOCAL_LOCALID": "{rank}"}),
+                "N": "2", "PER_RANK": json.dumps({"SUBMITIT_LOCAL_GLOBALID": "{rank}",
+                                                  "SUBMITIT_LOCAL_LOCALID": "{rank}"}),
                 "PYTHONPATH": str(ROOT)})
-    out = subprocess.run([sys.executable, "-c", EXPORT_ALL_RANKS], check=False, capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, "-c", EXPORT_ALL_RANKS], check=False, capture_output=True, text=True,
+                         timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     tasks = json.loads(out.stdout)
     assert [(t["RANK"], t["LOCAL_RANK"], t["WORLD_SIZE"]) for t in tasks] == [("0", "0", "2"), ("1", "1", "2")]
@@ -237,7 +244,8 @@ def no_sbatch_path(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("args, message", [
     (["--exp", "nope"], "one of the experiments: "),
-    (["--exp", "smoke", "--set", "data.root=/no/such/shards"], "data.root=/no/such/shards: the shard root does not exist"),
+    (["--exp", "smoke", "--set", "data.root=/no/such/shards"],
+     "data.root=/no/such/shards: the shard root does not exist"),
     (["--exp", "smoke", "--set", "train.stepz=3"], "unknown key 'train.stepz'"),
     (["--exp", "smoke", "--cluster", "slurm"], "--cluster slurm: sbatch/srun not found"),
     (["--exp", "smoke", "--cluster", "testcluster"], "submits to SLURM, but sbatch/srun are not on PATH"),

@@ -16,7 +16,8 @@ PACKAGE = ROOT / "cyclegan_dist"
 
 # module (or package prefix) -> its layer; lower numbers are lower layers
 LAYERS = {
-    "cyclegan_dist": 0, "cyclegan_dist.errors": 0, "cyclegan_dist.config": 0, "cyclegan_dist.rundir": 0, "cyclegan_dist.images": 0,
+    "cyclegan_dist": 0, "cyclegan_dist.errors": 0, "cyclegan_dist.config": 0, "cyclegan_dist.rundir": 0,
+    "cyclegan_dist.images": 0,
     "cyclegan_dist.cache": 0, "cyclegan_dist.tables": 0,
     "cyclegan_dist.data": 1, "cyclegan_dist.models": 1, "cyclegan_dist.eval": 1, "cyclegan_dist.checkpoint": 1,
     "cyclegan_dist.tracking": 1, "cyclegan_dist.losses": 1, "cyclegan_dist.image_pool": 1,
@@ -71,10 +72,12 @@ def test_each_layer_imports_only_from_below():
         assert mine is not None, f"{name} has no layer in tests/test_layout.py (and docs/architecture.md)"
         for imported, line in imports(path):
             if imported.startswith("launcher"):
-                problems.append(f"{path.relative_to(ROOT)}:{line} imports {imported}: the package never imports the launcher")
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports {imported}: "
+                                "the package never imports the launcher")
             theirs = layer(imported)
             if theirs is not None and theirs > mine:
-                problems.append(f"{path.relative_to(ROOT)}:{line} ({name}, layer {mine}) imports {imported} (layer {theirs})")
+                problems.append(f"{path.relative_to(ROOT)}:{line} ({name}, layer {mine}) "
+                                f"imports {imported} (layer {theirs})")
             for prefix, banned in FORBIDDEN.items():
                 if (name == prefix or name.startswith(prefix + ".")) and imported.startswith(banned):
                     problems.append(f"{path.relative_to(ROOT)}:{line} ({name}) imports {imported}")
@@ -113,7 +116,8 @@ def test_each_fact_is_defined_once():
         r"^def (format_table|markdown_table|table)\(": None,  # checked below: one printer, thin adapters
         r"^def add_\w+_parser\(": None,  # no parsers outside cli.py
     }
-    sources = {p.relative_to(ROOT).as_posix(): p.read_text() for p in [*PACKAGE.rglob("*.py"), *(ROOT / "launcher").rglob("*.py")]}
+    sources = {p.relative_to(ROOT).as_posix(): p.read_text()
+               for p in [*PACKAGE.rglob("*.py"), *(ROOT / "launcher").rglob("*.py")]}
     for pattern, owner in defining.items():
         hits = sorted(f for f, text in sources.items() if re.search(pattern, text, re.M))
         if owner is not None:

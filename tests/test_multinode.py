@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 from conftest import slurm_nodes
 
-from cyclegan_dist.tracking import read_jsonl
+from cyclegan_dist.rundir import read_jsonl
 from launcher.distenv import master_port
+from launcher.runs import JOB_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = bool(os.environ.get("CYCLEGAN_REQUIRE_SLURM"))
@@ -76,7 +77,8 @@ def wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT, interval: float
 
 
 def events(run_dir: Path) -> list[dict]:
-    return read_jsonl(run_dir / "job-events.jsonl")
+    """The launcher's job events (start, stopped, requeued, completed, failed), without training's own."""
+    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] in JOB_EVENTS]
 
 
 def losses(run_dir: Path) -> list[dict]:
@@ -132,31 +134,21 @@ def same_generators(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name}: {b} differs from {a}"
 
 
-# DDP rebuilds its gradient buckets after the first iteration of a process, in the order the gradients became
-# ready; a resumed process runs its first step (the one after the checkpoint) with the initial buckets. With 3+ ranks
-# the ring all-reduce's floating-point summation order depends on the bucket layout (with 2, a + b == b + a), so that
-# one step differs in the last bits and the GAN amplifies it. Measured: fresh vs resumed 4-rank torchrun on one
-# host differ at the first step after the checkpoint, and agree bit for bit with find_unused_parameters=True (which
-# keeps the initial buckets). A multi-node run equals a single-host run of the same world size bit for bit.
-RESUME_DRIFT = ("a resumed run with 3+ ranks is not bit-equal to the uninterrupted one: DDP's bucket rebuild after "
-                "a process's first iteration changes the all-reduce summation order (fix in the training loop: "
-                "DistributedDataParallelKwargs(find_unused_parameters=True), or a layout-independent reduction)")
-
-
 def check_against_ref(ref: Path, run_dir: Path, resumed: int) -> None:
-    """The part before the interruption equals ref bit for bit; the end does too, or xfail with RESUME_DRIFT."""
+    """The part before the interruption equals ref bit for bit, and so does the end: on 4 ranks exact resume needs
+    DDP's gradient buckets kept fixed (``cyclegan_dist/train/runtime.py: _ddp_handlers``)."""
     same_generators(ref / "checkpoints" / f"step-{resumed:08d}", run_dir / "checkpoints" / f"step-{resumed:08d}")
     assert digests(ref / "checkpoints" / f"step-{resumed:08d}", 4) == digests(
         run_dir / "checkpoints" / f"step-{resumed:08d}", 4)
-    a, b = ref / "checkpoints" / FINAL, run_dir / "checkpoints" / FINAL
-    if any((a / n).read_bytes() != (b / n).read_bytes() for n in ("G_A.safetensors", "G_B.safetensors")):
-        pytest.xfail(RESUME_DRIFT)
+    same_generators(ref / "checkpoints" / FINAL, run_dir / "checkpoints" / FINAL)
+    assert digests(ref / "checkpoints" / FINAL, 4) == digests(run_dir / "checkpoints" / FINAL, 4)
 
 
 def distenv_lines(m: dict, world: int) -> dict[int, dict]:
     """rank -> what its [distenv] line says (host, address, master, how gloo binds)."""
     out = {}
-    pattern = re.compile(r"\[distenv\] rank (\d+)/(\d+) local (\d+)/(\d+) on (\S+) \((\S+)\) master (\S+):(\d+) gloo=(.*)")
+    pattern = re.compile(r"\[distenv\] rank (\d+)/(\d+) local (\d+)/(\d+) on (\S+) \((\S+)\) "
+                         r"master (\S+):(\d+) gloo=(.*)")
     for r in range(world):
         found = pattern.findall(task_log(m, r))
         if found:
@@ -514,7 +506,8 @@ def test_node_loss_ends_the_job_and_it_resumes(jobs, nodes):
     job = m["job"]["id"]
     victim = nodes[1]
     try:
-        wait_for(lambda: last_step(run_dir) >= 12 and (run_dir / "checkpoints" / "step-00000010" / "complete").is_file(),
+        wait_for(lambda: (last_step(run_dir) >= 12
+                          and (run_dir / "checkpoints" / "step-00000010" / "complete").is_file()),
                  "the run to pass its checkpoint at step 10")
         t_loss = time.time()
         killed = kill_node(victim)

@@ -37,7 +37,8 @@ GRAD_TOL = 1e-5  # x the largest gradient of the network
 WEIGHT_TOL = 0.1  # relative_distance after STEPS steps
 
 
-pytestmark = [pytest.mark.xdist_group("parity"), pytest.mark.precision]  # one xdist worker runs the group (shared fixtures)
+# one xdist worker runs the group (shared fixtures)
+pytestmark = [pytest.mark.xdist_group("parity"), pytest.mark.precision]
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ from workers.common import (
     train_k_steps,
 )
 
-pytestmark = [pytest.mark.xdist_group("precision"), pytest.mark.precision]  # one xdist worker runs the group (shared fixtures)
+# one xdist worker runs the group (shared fixtures)
+pytestmark = [pytest.mark.xdist_group("precision"), pytest.mark.precision]
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +100,8 @@ def bf16_runs():
     from accelerate.state import AcceleratorState
 
     runs = {}
-    for name, overrides, perturb, steps in (("fp32", (), 0.0, BF16_STEPS), ("bf16", ('train.mixed_precision="bf16"',), 0.0, BF16_STEPS),
+    for name, overrides, perturb, steps in (("fp32", (), 0.0, BF16_STEPS),
+                                            ("bf16", ('train.mixed_precision="bf16"',), 0.0, BF16_STEPS),
                                             ("control", (), BF16_UNIT_ROUNDOFF, BF16_STEPS),
                                             ("wrong_lambda", ("loss.lambda_cycle=11",), 0.0, 1),
                                             ("wrong_lr", ("train.lr=4e-4",), 0.0, BF16_STEPS)):

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-
 from helpers import latest_checkpoint, list_complete, read_metrics, run_cli, run_torchrun
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled"]
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(ckpt / "G_A.safetensors"), **{f"B.{k}": v for k, v in load_file(ckpt / "G_B.safetensors").items()}}
+    return {**load_file(ckpt / "G_A.safetensors"),
+            **{f"B.{k}": v for k, v in load_file(ckpt / "G_B.safetensors").items()}}
 
 
 def assert_bit_identical(a: dict, b: dict) -> None:

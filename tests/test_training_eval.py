@@ -30,7 +30,8 @@ def test_eval_every_n_steps_keeps_the_best_checkpoint(tmp_path, tiny_shards):
     evals = [r for r in read_metrics(run_dir) if "eval/mifid" in r]
     assert [r["step"] for r in evals] == [2, 4]
     for r in evals:
-        assert r["eval/fid"] > 0 and r["eval/mifid"] >= r["eval/fid"] * (1 - 1e-9) and 0 <= r["eval/memorization_distance"] <= 1
+        assert (r["eval/fid"] > 0 and r["eval/mifid"] >= r["eval/fid"] * (1 - 1e-9)
+                and 0 <= r["eval/memorization_distance"] <= 1)
     best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
     assert best["eval/mifid"] == min(r["eval/mifid"] for r in evals)
     names = [p.name for p in list_complete(run_dir)]

@@ -145,7 +145,8 @@ def _read_demo_params(root: Path):
 
 def _is_built(root: Path, params: dict) -> bool:
     stored = _read_demo_params(root)
-    return isinstance(stored, dict) and all(stored.get(k) == v for k, v in params.items()) and (root / EVAL_PAIRS).is_file()
+    return (isinstance(stored, dict) and all(stored.get(k) == v for k, v in params.items())
+            and (root / EVAL_PAIRS).is_file())
 
 
 def ensure_demo_shards(root=None, size: int = 64, n_train: int = _DEFAULTS[0], n_test: int = _DEFAULTS[2],

@@ -25,7 +25,16 @@ from PIL import Image
 
 from cyclegan_dist.data.shards import INDEX_NAME, INDEX_VERSION, check_domain_name, sanitize_key, shard_name
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.images import IMAGE_EXTS, JPEG_QUALITY, encode_jpeg, from_array, open_image, resize_shorter, to_rgb, upright
+from cyclegan_dist.images import (
+    IMAGE_EXTS,
+    JPEG_QUALITY,
+    encode_jpeg,
+    from_array,
+    open_image,
+    resize_shorter,
+    to_rgb,
+    upright,
+)
 from cyclegan_dist.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -48,7 +57,8 @@ def list_images(folder) -> list[tuple[str, Path]]:
                 out.append((p.relative_to(folder).as_posix(), p))
     out.sort(key=lambda t: t[0])
     if not out:
-        raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTS)}): point it at a folder of images")
+        raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTS)}): "
+                        "point it at a folder of images")
     return out
 
 
@@ -149,7 +159,8 @@ def _write_domain(domain, source, tmp, shard_size, resize, min_size, quality, pr
             writer.close()
     for why, names in skipped.items():
         if names:
-            what = "unreadable (corrupt or truncated) image(s)" if why == "corrupt" else f"image(s) smaller than min_size={min_size}"
+            what = ("unreadable (corrupt or truncated) image(s)" if why == "corrupt"
+                    else f"image(s) smaller than min_size={min_size}")
             log.warning(
                 "prepare %s: skipped %d %s from %s, first: %s",
                 domain, len(names), what, where, ", ".join(map(str, names[:_SHOW])),
@@ -176,7 +187,8 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(
-                f"--out {out} is not empty; nothing was written. Pass --overwrite to replace it, or choose another --out"
+                f"--out {out} is not empty; nothing was written. Pass --overwrite to replace it, "
+                "or choose another --out"
             )
         if not (out / INDEX_NAME).is_file():
             raise UserError(

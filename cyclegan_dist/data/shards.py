@@ -54,7 +54,8 @@ def read_index(root) -> dict:
         index = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not readable JSON ({e}); {PREPARE_HINT} again with --overwrite") from None
-    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION or not isinstance(index.get("domains"), dict):
+    if (not isinstance(index, dict) or index.get("version") != INDEX_VERSION
+            or not isinstance(index.get("domains"), dict)):
         raise UserError(f"{path} is not a version-{INDEX_VERSION} shard index; {PREPARE_HINT} again with --overwrite")
     return index
 

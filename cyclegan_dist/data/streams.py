@@ -237,4 +237,5 @@ def _iter_samples(shards, rank, world_size, size, by_shard, where):
             continue
         yield sample["__key__"], eval_image(img, size)
     if skipped:
-        log.warning("%s: skipped %d unreadable image(s), first: %s", where, len(skipped), ", ".join(map(str, skipped[:5])))
+        log.warning("%s: skipped %d unreadable image(s), first: %s", where, len(skipped),
+                    ", ".join(map(str, skipped[:5])))

@@ -2,7 +2,8 @@
 
 Preprocessing is the reference test mode: bicubic resize to ``size`` x ``size`` (aspect not kept), scale to
 [-1, 1] on the device; the output is ``(y + 1) x 127.5`` rounded and clamped, encoded as an RGB JPEG
-(``cyclegan_dist.images``: quality 95, 4:4:4) and stored flat by :class:`~cyclegan_dist.eval.submission.SubmissionWriter`.
+(``cyclegan_dist.images``: quality 95, 4:4:4) and stored flat by
+:class:`~cyclegan_dist.eval.submission.SubmissionWriter`.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def export_submission(checkpoint: str | os.PathLike, photos: str | os.PathLike, 
 
     start = time.perf_counter()
     source = ImageSource(photos)  # path mistakes fail before the network is loaded
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (torch.device(device) if device is not None
+              else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     found = generator_file(checkpoint, direction, raw_weights=raw_weights)
     net, mc = load_generator(checkpoint, direction, device, raw_weights=raw_weights, **(arch or {}))
     out = Path(out).expanduser()

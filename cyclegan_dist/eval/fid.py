@@ -39,7 +39,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
     diff = mu1 - mu2
     covmean = _sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():

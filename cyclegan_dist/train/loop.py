@@ -60,8 +60,8 @@ def loop(s: Session, config: Config, stop_after: int | None) -> dict[str, Any]:
             s.samples()
         stop = s.rt.stop_requested(state.step) or (stop_after is not None and state.step - start >= stop_after)
         evaluate = s.evaluation_due()
-        if s.due(t.checkpoint_every) or state.step == t.steps or stop or evaluate:
-            s.save()
+        if (s.due(t.checkpoint_every) or state.step == t.steps or stop or evaluate) and s.save() is None:
+            return s.finish("diverged", started)
         if evaluate:
             s.evaluate()
         if stop:

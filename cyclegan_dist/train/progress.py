@@ -10,20 +10,13 @@ from __future__ import annotations
 import sys
 import time
 
+from cyclegan_dist.summary import format_duration
+
 SHOWN = (("loss/G", "G"), ("loss/D", "D"), ("loss/cycle_A", "cyc_A"), ("loss/cycle_B", "cyc_B"))
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def progress_line(step: int, total: int, metrics: dict, eta_s: float | None) -> str:
-    """``step 40/600 (6.7%) | 78.5 img/s | G 4.12 D 0.51 cyc_A 0.83 cyc_B 0.91 | lr 2e-04 | ETA 0:52``."""
+    """``step 40/600 (6.7%) | 78.5 img/s | G 4.12 D 0.51 cyc_A 0.83 cyc_B 0.91 | lr 2e-04 | ETA 52s``."""
     losses = " ".join(f"{short} {metrics[k]:.3g}" for k, short in SHOWN if k in metrics)
     return (f"step {step}/{total} ({100 * step / max(total, 1):.1f}%) | {metrics.get('img_per_s', 0):.1f} img/s | "
             f"{losses} | lr {metrics.get('lr', 0):.2g} | ETA {format_duration(eta_s)}")
@@ -53,8 +46,8 @@ class Progress:
         eta = (self.total - step) / steps_per_s if steps_per_s else None
         if self.bar is not None:
             shown = {short: f"{metrics[k]:.3g}" for k, short in SHOWN if k in metrics}
-            self.bar.set_postfix(shown | {"img/s": f"{metrics.get('img_per_s', 0):.1f}", "lr": f"{metrics.get('lr', 0):.1e}"},
-                                 refresh=False)
+            speed = {"img/s": f"{metrics.get('img_per_s', 0):.1f}", "lr": f"{metrics.get('lr', 0):.1e}"}
+            self.bar.set_postfix(shown | speed, refresh=False)
         else:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             print(f"{stamp} {progress_line(step, self.total, metrics, eta)}", file=self.stream, flush=True)

@@ -20,8 +20,9 @@ from cyclegan_dist.rundir import RunDir, is_checkpoint
 log = logging.getLogger("cyclegan_dist.train")
 
 # Keys whose change makes a checkpoint unusable (the networks, the objective, the data stream, the optimizer).
+# The LR may change on resume (train.lr, train.lr_scaling: the new value applies from the resumed step on).
 INCOMPATIBLE = ("model", "loss", "seed", "data.domain_a", "data.domain_b", "data.crop_size", "data.load_size",
-                "train.batch_size", "train.lr", "train.beta1", "train.beta2", "train.lr_scaling", "train.deepspeed")
+                "train.batch_size", "train.beta1", "train.beta2", "train.deepspeed")
 
 
 def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barrier) -> Path | None:

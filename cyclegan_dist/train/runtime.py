@@ -25,7 +25,6 @@ from cyclegan_dist.errors import UserError
 
 _STOP = threading.Event()
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (each check is a host-device sync)
-PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this fails (a dead peer)
 
 
 def request_stop() -> None:
@@ -47,12 +46,12 @@ class Runtime:
 
         if ds_config is None:
             self.acc_G = self.acc_D = Accelerator(cpu=cpu, mixed_precision=train.mixed_precision,
-                                                  kwargs_handlers=_handlers(cpu))
+                                                  kwargs_handlers=_handlers(cpu, train) + _ddp_handlers())
         else:
             from accelerate.utils import DeepSpeedPlugin
 
             plugins = {name: DeepSpeedPlugin(hf_ds_config=_read_ds_config(ds_config, train)) for name in ("G", "D")}
-            handlers = _handlers(cpu, always=True)  # Accelerate turns DeepSpeed off with cpu=True: gloo instead
+            handlers = _handlers(cpu, train, always=True)  # Accelerate turns DeepSpeed off with cpu=True: gloo
             self.acc_G = Accelerator(mixed_precision=train.mixed_precision, deepspeed_plugins=plugins,
                                      kwargs_handlers=handlers)
             self.acc_D = Accelerator(mixed_precision=train.mixed_precision, kwargs_handlers=handlers)
@@ -75,7 +74,13 @@ class Runtime:
         return gens, discs, opt_G, opt_D
 
     def unwrap(self, module):
-        return self.acc_G.unwrap_model(module)
+        """The module inside DDP (or a DeepSpeed engine). Not Accelerate's unwrap_model under DDP: it imports
+        DeepSpeed whenever it is installed, which prints a line to stdout in every run."""
+        if self.deepspeed:
+            return self.acc_G.unwrap_model(module)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return module.module if isinstance(module, DistributedDataParallel) else module
 
     def main_process_first(self):
         return self.acc_G.main_process_first()
@@ -161,12 +166,28 @@ def _check_precision(train: TrainConfig) -> bool:
     return cpu
 
 
-def _handlers(cpu: bool, always: bool = False) -> list:
+def _handlers(cpu: bool, train: TrainConfig, always: bool = False) -> list:
+    """The process group: gloo on CPUs, NCCL on GPUs; a collective that waits longer than train.dist_timeout_min
+    fails (a rank that hangs on a live node; a dead one ends the job at once through srun --kill-on-bad-exit)."""
     from accelerate.utils import InitProcessGroupKwargs
 
     if not always and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a process group only when there are several ranks
         return []
-    return [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl", timeout=PROCESS_GROUP_TIMEOUT)]
+    return [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl",
+                                   timeout=timedelta(minutes=train.dist_timeout_min))]
+
+
+def _ddp_handlers() -> list:
+    """Exact resume on more than two ranks: DDP regroups its gradient buckets after a process's first step, which
+    moves each gradient's position in the all-reduce buffer and so the order in which its ranks' values are summed
+    (a ring all-reduce sums chunk by chunk, from a different rank per chunk). A resumed process would start with the
+    original grouping, and its sums would differ in the last bits from the uninterrupted run's. With
+    ``find_unused_parameters`` DDP keeps the grouping fixed. Two ranks need nothing: a + b is b + a exactly."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 2:
+        return []
+    return [DistributedDataParallelKwargs(find_unused_parameters=True)]
 
 
 # ------------------------------------------------------------------------------------------ RNG

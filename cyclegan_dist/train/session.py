@@ -136,7 +136,8 @@ class Session:
             error = f"{type(exc).__name__}: {exc}"
         failed = self.rt.sum(torch.tensor([0.0 if evaluator else 1.0])).item() > 0  # every rank decides alike
         if failed:
-            self.tracker.warn("eval", f"in-training FID/MiFID is off for this run: {error or 'it failed on another rank'}")
+            why = error or "it failed on another rank"
+            self.tracker.warn("eval", f"in-training FID/MiFID is off for this run: {why}")
             return None
         return evaluator
 
@@ -146,7 +147,8 @@ class Session:
     def before_training(self) -> None:
         if self.rt.is_main and self.state.step == 0 and self.data.eval_pairs is not None:
             self.result["psnr_before"] = self.data.psnr(self.gens_plain.G_A, self.rt.device, self.rt.autocast)
-            self.tracker.log(0, {"eval/psnr": self.result["psnr_before"], "eval/psnr_identity": self.data.psnr_identity})
+            self.tracker.log(0, {"eval/psnr": self.result["psnr_before"],
+                                 "eval/psnr_identity": self.data.psnr_identity})
 
     # ---------------------------------------------------------------------------------------- every step
     def due(self, every: int) -> bool:
@@ -154,14 +156,18 @@ class Session:
         return bool(every) and (step % every == 0 or step == self.config.train.steps)
 
     def set_lr(self) -> None:
-        lr = self.base_lr * self.state.schedule.factor(self.state.step) * 0.5 ** self.state.counters.get("lr_halvings", 0)
+        halvings = self.state.counters.get("lr_halvings", 0)  # one per rollback
+        lr = self.base_lr * self.state.schedule.factor(self.state.step) * 0.5 ** halvings
         if lr != self.lr:  # only when it changes: no Python work per step that is not needed
             set_lr(self.opt_G, lr)
             set_lr(self.opt_D, lr)
             self.lr = lr
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        return train_step(self.parts, self._input(batch, "A"), self._input(batch, "B"))
+        losses = train_step(self.parts, self._input(batch, "A"), self._input(batch, "B"))
+        if self.divergence.baseline is None:
+            self.divergence.first_step(losses)
+        return losses
 
     def _input(self, batch: dict, domain: str) -> torch.Tensor:
         x = batch[domain].to(self.rt.device, non_blocking=True)
@@ -212,7 +218,8 @@ class Session:
                 f"{skipped_steps} optimizer step(s) skipped, nothing non-finite was applied")
         policy = t.on_nonfinite
         if self.rt.deepspeed:  # DeepSpeed's engine steps inside backward: the guard sees it only afterwards
-            what = what.replace("nothing non-finite was applied", "DeepSpeed applied them (its engine steps in backward)")
+            what = what.replace("nothing non-finite was applied",
+                                "DeepSpeed applied them (its engine steps in backward)")
             policy = "rollback" if policy == "rollback" else "stop"
         last = self._last_good()
         if policy == "skip" and c["skipped_steps"] <= t.nonfinite_max_skips:
@@ -267,8 +274,19 @@ class Session:
         return self.evaluator is not None and bool((e.every and step % e.every == 0) or
                                                    (e.at_end and step == self.config.train.steps))
 
-    def save(self) -> Path:
+    def weights_finite(self) -> bool:
+        """Every weight of both pairs finite (one host sync, at checkpoint time only)."""
+        params = [*self.gens_plain.parameters(), *self.discs_plain.parameters()]
+        return bool(torch.isfinite(torch.nn.utils.get_total_norm(params)).item())
+
+    def save(self) -> Path | None:
+        """A checkpoint of every rank; never of non-finite weights (then None, and the run stops)."""
         rt, t, state = self.rt, self.config.train, self.state
+        if not self.weights_finite():
+            self.tracker.warn("nonfinite", f"the weights are not finite at step {state.step}: no checkpoint written; "
+                              f"the last good one is {self._last_good()}", step=state.step)
+            self.result["error"] = f"non-finite weights at step {state.step}"
+            return None
         best = self.run.best() if rt.is_main else None
         sharded = rt.deepspeed
 

@@ -76,8 +76,10 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
     fake_A = parts.pool_A.query(out["fake_A"].detach())
     with parts.autocast():
         pred = parts.discriminators(real_B, fake_B, real_A, fake_A)
-        loss_D_A = (gan_loss(pred["D_A_real"], True, cfg.gan_mode) + gan_loss(pred["D_A_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
-        loss_D_B = (gan_loss(pred["D_B_real"], True, cfg.gan_mode) + gan_loss(pred["D_B_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
+        loss_D_A = (gan_loss(pred["D_A_real"], True, cfg.gan_mode)
+                    + gan_loss(pred["D_A_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
+        loss_D_B = (gan_loss(pred["D_B_real"], True, cfg.gan_mode)
+                    + gan_loss(pred["D_B_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
         loss_D = loss_D_A + loss_D_B
     (parts.backward_D or parts.backward)(loss_D)
     _step(parts, "D", loss_D, parts.opt_D, parts.step_D)

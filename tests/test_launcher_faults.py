@@ -1,0 +1,98 @@
+"""Faults of a real cluster, on the test SLURM: the code edited while a job waits to be requeued, a rank killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from slurm_helpers import NEEDS_SLURM, ROOT, TINY, job_ended, job_env, job_events, last_step, launcher, sh, wait_for
+
+from cyclegan_dist.rundir import RunDir
+
+pytestmark = [NEEDS_SLURM, pytest.mark.xdist_group("slurm")]  # one xdist worker runs every SLURM test
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def task_pids(job: str) -> dict[int, int]:
+    """rank -> pid of the job's training processes (on whichever node runs them)."""
+    node = sh("squeue", "-h", "-j", job, "-o", "%N").strip().split(",")[0]
+    out = {}
+    for line in sh("scontrol", "listpids", job, node).splitlines()[1:]:
+        pid = int(line.split()[0]) if line.split() and line.split()[0].isdigit() else None
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+        except (OSError, TypeError):
+            continue
+        if b"submitit.core._submit" in b" ".join(cmd) and not cmd[0].endswith(b"srun"):
+            out[int(env[b"SLURM_PROCID"])] = pid
+    return out
+
+
+def test_a_requeued_job_runs_the_snapshot_not_the_edited_checkout(tmp_path, slurm_cluster):
+    """Submitted from a checkout that is then edited (here: the training loop replaced by a crash) before the job is
+    requeued: every attempt imports the snapshot taken at submission, and the manifest and each start event say so."""
+    checkout = tmp_path / "checkout"
+    for package in ("cyclegan_dist", "launcher"):
+        shutil.copytree(ROOT / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = launcher("submit", "--exp", "smoke", "--cluster", "testcluster", "--gpus", "2", "--name", "snap", "--set",
+                   *TINY, "train.steps=60", "train.log_every=2", "train.checkpoint_every=10", cwd=work,
+                   env=job_env(checkout))
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_dir = work / "runs" / "smoke" / "snap"
+    m = manifest(run_dir)
+    snapshot = Path(m["code"]["snapshot"])
+    assert m["code"]["source"] == str(checkout) and (snapshot / "cyclegan_dist" / "train" / "loop.py").is_file()
+    wait_for(lambda: last_step(run_dir) >= 4, "training to start", 240)
+    (checkout / "cyclegan_dist" / "train" / "loop.py").write_text("raise RuntimeError('edited after submission')\n")
+    sh("scancel", "--signal=USR2", m["job"]["id"])
+    wait_for(lambda: any(e["event"] == "completed" for e in job_events(run_dir)), "the requeued job to finish", 300)
+    starts = [e for e in job_events(run_dir) if e["event"] == "start"]
+    assert [e["restart_count"] for e in starts] == [0, 1] and all(e["code"]["path"] == str(snapshot) for e in starts)
+    assert "edited after submission" not in Path(m["job"]["log"]).read_text()
+
+
+def test_a_killed_rank_ends_the_job_promptly_and_resume_continues(tmp_path, slurm_cluster):
+    """SIGKILL of one rank of a 2-task job: the job ends within a minute (srun --kill-on-bad-exit, not the
+    collective's timeout), the surviving rank's error is recorded and shown by `launcher status`, and
+    `launcher resume` continues from the last complete checkpoint."""
+    out = launcher("submit", "--exp", "smoke", "--cluster", "testcluster", "--gpus", "2", "--name", "kill", "--set",
+                   *TINY, "train.steps=400", "train.log_every=2", "train.checkpoint_every=4", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_dir = tmp_path / "runs" / "smoke" / "kill"
+    job = manifest(run_dir)["job"]["id"]
+    wait_for(lambda: RunDir(run_dir).latest() is not None and last_step(run_dir) >= 6, "a checkpoint", 240)
+    pids = wait_for(lambda: (p := task_pids(job)) and len(p) == 2 and p, "the two ranks' processes", 30)
+    t_kill = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    wait_for(lambda: job_ended(job), "the job to end", 90)
+    ended_after = time.monotonic() - t_kill
+    print(f"\nrank 1 killed -> job ended in {ended_after:.1f} s")
+    assert ended_after < 90
+    status = launcher("status", "--json", "kill", cwd=tmp_path)
+    (row,) = json.loads(status.stdout)
+    assert row["state"] in ("FAILED", "CANCELLED", "NODE_FAIL"), row["state"]
+    assert row["last_problem"] and row["last_problem"].startswith("failed (rank 0)"), row["last_problem"]
+    failed = [e for e in job_events(run_dir) if e["event"] == "failed"]
+    assert failed and failed[0]["rank"] == 0 and failed[0]["error"], failed
+    table = launcher("status", "kill", cwd=tmp_path).stdout
+    assert "failed (rank 0)" in table
+    last_good = RunDir(run_dir).latest()
+    again = launcher("resume", "kill", "--set", "train.steps=40", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    wait_for(lambda: any(e["event"] == "completed" for e in job_events(run_dir)), "the resumed job to finish", 300)
+    log = Path(manifest(run_dir)["job"]["log"]).read_text()
+    resumed = re.findall(r"resumed from (\S+) at step (\d+)", log)
+    assert resumed and resumed[0][0] == str(last_good), (resumed, last_good)
+    assert RunDir(run_dir).latest().name == "step-00000040"
