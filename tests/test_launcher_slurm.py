@@ -291,10 +291,14 @@ def test_status_and_gather_from_a_fresh_process(jobs, tmp_path):
     status = launcher("status", "--run-root", str(root), cwd=tmp_path)  # another directory, a new process
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].split() == ["RUN", "EXP", "JOB", "STATE", "STEP", "REQUEUES", "LOSS_G", "LOSS_D"]
+    header = ["RUN", "EXP", "JOB", "STATE", "STEP", "IMG/S", "ETA", "GPU_H", "REQUEUES", "LOSS_G", "LOSS_D", "LAST"]
+    assert lines[0].split() == header
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"ref", "rq", "arr-smoke-s0", "arr-smoke_resnet-s0", "sb"}
-    assert rows["rq"][3:6] == ["COMPLETED", "80/80", "2"] and rows["ref"][3:6] == ["COMPLETED", "80/80", "0"]
+    requeues = header.index("REQUEUES")
+    assert rows["rq"][3:5] == ["COMPLETED", "80/80"] and rows["rq"][requeues] == "2"
+    assert rows["ref"][3:5] == ["COMPLETED", "80/80"] and rows["ref"][requeues] == "0"
+    assert rows["rq"][header.index("ETA")] == "-" and float(rows["rq"][header.index("IMG/S")]) > 0
     assert all(r[3] == "COMPLETED" for r in rows.values())
 
     out_dir = tmp_path / "out"

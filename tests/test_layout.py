@@ -20,7 +20,7 @@ LAYERS = {
     "cyclegan_dist.images": 0,
     "cyclegan_dist.cache": 0, "cyclegan_dist.tables": 0,
     "cyclegan_dist.data": 1, "cyclegan_dist.models": 1, "cyclegan_dist.eval": 1, "cyclegan_dist.checkpoint": 1,
-    "cyclegan_dist.tracking": 1, "cyclegan_dist.losses": 1, "cyclegan_dist.image_pool": 1,
+    "cyclegan_dist.tracking": 1, "cyclegan_dist.losses": 1, "cyclegan_dist.image_pool": 1, "cyclegan_dist.augment": 1,
     "cyclegan_dist.summary": 1,
     "cyclegan_dist.train": 2,
     "cyclegan_dist.entry": 3,
