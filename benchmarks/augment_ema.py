@@ -101,9 +101,9 @@ def summarize(rows: list[dict]) -> tuple[list[list], list[str]]:
                     continue
                 psnr, fid = [r["psnr"] for r in runs], [r["fid"] for r in runs if r.get("fid") is not None]
                 means[setting] = statistics.mean(psnr)
-                table.append([style, model, setting, len(runs), _pm(psnr, 2), _pm(fid, 1),
-                              f"{statistics.mean(psnr) - statistics.mean([r['psnr'] for r in mine if r['setting'] == 'reference']):+.2f}"
-                              if any(r["setting"] == "reference" for r in mine) else "—"])
+                reference = [r["psnr"] for r in mine if r["setting"] == "reference"]
+                gain = f"{statistics.mean(psnr) - statistics.mean(reference):+.2f}" if reference else "—"
+                table.append([style, model, setting, len(runs), _pm(psnr, 2), _pm(fid, 1), gain])
             if "reference" in means and "diffaugment+ema" in means:
                 gain = means["diffaugment+ema"] - means["reference"]
                 verdicts.append(f"{style}, {model}: DiffAugment+EMA {gain:+.2f} dB over the reference "
@@ -185,7 +185,8 @@ def main(argv=None) -> int:
         from cyclegan_dist.eval.inception import InceptionFeatures
 
         inception = InceptionFeatures(batch_size=32)
-        paintings = {style: painting_features(style, args, inception, args.demo_size) for style in args.styles.split(",")}
+        paintings = {style: painting_features(style, args, inception, args.demo_size)
+                     for style in args.styles.split(",")}
         for row in rows:
             scores = compute_fid_mifid(translated_features(row, inception, args.demo_size), paintings[row["style"]])
             row["fid"] = scores["fid"]
@@ -196,11 +197,12 @@ def main(argv=None) -> int:
         "# DiffAugment and generator EMA on a data-poor demo task", "",
         f"- command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{(time.monotonic() - t0) / 60:.0f} min on {os.cpu_count()} cores)",
-        f"- data: the demo set with {args.photos} photos and {args.paintings} paintings ({args.demo_size} px, crop 32), "
+        f"- data: the demo set with {args.photos} photos and {args.paintings} paintings ({args.demo_size} px, "
+        "crop 32), "
         f"both styles; {args.steps} steps per run, batch 4, seeds {args.seeds}",
         "- settings: reference = junyanz semantics; diffaugment = color,translation,cutout on every image a "
         "discriminator sees; ema = generator EMA, decay 0.99 (scored with the EMA weights); both",
-        f"- identity baseline PSNR(x, T(x)): " + ", ".join(
+        "- identity baseline PSNR(x, T(x)): " + ", ".join(
             f"{s} {statistics.mean([r['psnr_identity'] for r in rows if r['style'] == s]):.2f} dB"
             for s in dict.fromkeys(r['style'] for r in rows)),
         "", format_table(headers, table, markdown=True, right=(3,)), "", *[f"- {v}" for v in verdicts], "",
