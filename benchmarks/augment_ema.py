@@ -63,13 +63,13 @@ def translated_features(row: dict, inception, size: int):
     import torch
 
     from cyclegan_dist.config import load_config
-    from cyclegan_dist.data.demo import demo_eval_pairs, ensure_demo_shards
+    from cyclegan_dist.data.demo import demo_eval_pairs, demo_root
     from cyclegan_dist.data.transforms import to_uint8
     from cyclegan_dist.models.io import load_generator
 
     config = load_config(Path(row["run_dir"]) / "config.yaml")
     d = config.data
-    root = ensure_demo_shards(size=d.demo_size, n_train=d.demo_photos, n_paintings=d.demo_paintings, style=d.demo_style)
+    root = demo_root(d)
     x, _ = demo_eval_pairs(root, size=d.crop_size)
     generator, _ = load_generator(row["run_dir"])
     with torch.inference_mode():
@@ -125,7 +125,7 @@ def grid(rows: list[dict], out: Path, n: int = 6) -> Path:
     import torch
 
     from cyclegan_dist.config import load_config
-    from cyclegan_dist.data.demo import demo_eval_pairs, ensure_demo_shards
+    from cyclegan_dist.data.demo import demo_eval_pairs, demo_root
     from cyclegan_dist.eval.samples import compose
     from cyclegan_dist.models.io import load_generator
     from cyclegan_dist.rundir import atomic_write
@@ -135,8 +135,7 @@ def grid(rows: list[dict], out: Path, n: int = 6) -> Path:
         chosen = {r["setting"]: r for r in rows if r["style"] == style and r["seed"] == min(x["seed"] for x in rows)
                   and r["model"] == rows[0]["model"]}
         d = load_config(Path(next(iter(chosen.values()))["run_dir"]) / "config.yaml").data
-        root = ensure_demo_shards(size=d.demo_size, n_train=d.demo_photos, n_paintings=d.demo_paintings,
-                                  style=d.demo_style)
+        root = demo_root(d)
         x, t = demo_eval_pairs(root, size=d.crop_size)
         x, t = x[:n], t[:n]
         picture_rows += [x, t]
@@ -198,8 +197,8 @@ def main(argv=None) -> int:
         f"- command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{(time.monotonic() - t0) / 60:.0f} min on {os.cpu_count()} cores)",
         f"- data: the demo set with {args.photos} photos and {args.paintings} paintings ({args.demo_size} px, "
-        "crop 32), "
-        f"both styles; {args.steps} steps per run, batch 4, seeds {args.seeds}",
+        f"crop 32), styles {args.styles}; "
+        f"{args.steps} steps per run, batch 4, seeds {args.seeds}",
         "- settings: reference = junyanz semantics; diffaugment = color,translation,cutout on every image a "
         "discriminator sees; ema = generator EMA, decay 0.99 (scored with the EMA weights); both",
         "- identity baseline PSNR(x, T(x)): " + ", ".join(

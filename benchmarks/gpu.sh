@@ -9,12 +9,13 @@
 # logs; default a new temp dir), --budget SECONDS (default 570: sections that would not fit are skipped, and each
 # runs under `timeout` so the whole stays inside the budget), --peak-flops FLOPS.
 #
-# Sections, most important first: (1) fp32 step ours vs reference (goal ratio >= 1.0), also with cuDNN
-# autotuning on; (2) resnet9 bf16 + channels_last + compile at batch 8 with MFU (goals >= 2x the fp32 reference,
-# MFU >= 35%); (3) the data loader (goal >= 3x) and how many GPUs a node's CPUs feed; (4) framework overhead of
-# the real training loop on the loader's 256px shards (goal <= 3%); (5) the same as (2) at batch 1, 4, 16;
-# (6) unet fp32 and bf16+cl+compile at batch 8; (7) what the memory layout and cuDNN autotuning do (eager bf16
-# at batch 8: NCHW, channels_last, channels_last + cudnn).
+# Sections, most important first: (1) the fp32 step and bf16+cl ours vs the reference (goal ratio >= 1.0);
+# (2) resnet9 bf16 + channels_last + compile (default and reduce-overhead: CUDA graphs) at batch 8 with MFU and
+# peak memory (goals >= 2x the fp32 reference, MFU >= 35%); (3) the loop's fixed cost per step (goal <= 100 us);
+# (4) a real 256 px training, fp32 vs bf16+cl+graphs: steps/s and translation PSNR (speed never bought with
+# quality); (5) the data loader (goal >= 3x) and how many GPUs a node's CPUs feed; (6) framework overhead of the
+# real loop on the loader's 256px shards (goal <= 3%); (7) (2) at batch 1, 4, 16; (8) unet fp32 and
+# bf16+cl+compile at batch 8; (9) what the memory layout and cuDNN autotuning do (eager bf16 at batch 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,11 +98,18 @@ if [ "$QUICK" = 1 ]; then
   section step-fast 20 300 -- "$PY" -m benchmarks.step --quick --threads 1 --model resnet9 --variants bf16+cl --batch 1,2 --peak-flops "$PEAK" --json "$OUT/step-fast.json"
   section loader 20 300 -- "$PY" -m benchmarks.loader --quick --threads 1 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"
   section overhead 20 300 -- "$PY" -m benchmarks.overhead --quick --threads 1 --json "$OUT/overhead.json"
+  section fixed-cost 20 300 -- "$PY" -m benchmarks.overhead --quick --fixed-cost --threads 1 --json "$OUT/fixed-cost.json"
+  section quality 20 300 -- "$PY" -m benchmarks.train_quality --quick --json "$OUT/quality.json"
 else
   STEP=(-m benchmarks.step --size 256 --peak-flops "$PEAK")
-  FAST=(--variants bf16+cl+compile --reps 3)
-  section step-fp32 60 150 -- "$PY" "${STEP[@]}" --model resnet9 --variants fp32,fp32+cudnn --batch 1 --reps 5 --json "$OUT/step-fp32.json"
+  FAST=(--variants bf16+cl+compile,bf16+cl+graphs --reps 3)
+  # the fast paths first: fused Adam (always), bf16 + channels_last, torch.compile default and reduce-overhead
+  # (CUDA graphs of each network's forward and backward), against the fp32 reference step, with MFU and peak memory
+  section step-fp32 60 150 -- "$PY" "${STEP[@]}" --model resnet9 --variants fp32,bf16+cl --batch 1 --reps 5 --json "$OUT/step-fp32.json"
   section step-resnet9-b8 90 240 -- "$PY" "${STEP[@]}" --model resnet9 "${FAST[@]}" --batch 8 --json "$OUT/step-fast.json"
+  section fixed-cost 40 90 -- "$PY" -m benchmarks.overhead --fixed-cost --warmup-steps 20 --window 400 --log-every 100 --reps 3 --json "$OUT/fixed-cost.json"
+  # speed never bought with quality: real 256 px trainings, fp32 eager vs the fastest variant, same steps and seed
+  section quality 180 300 -- "$PY" -m benchmarks.train_quality --variants fp32,bf16+cl+graphs --steps 1500 --size 256 --workers "$WORKERS" --json "$OUT/quality.json"
   section loader 45 120 -- "$PY" -m benchmarks.loader --workers "0,$WORKERS" --photos 300 --paintings 100 --large-photos 60 --large-paintings 20 --reps 3 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"
   if [ -f "$OUT/loader-data/kaggle/shards/index.json" ]; then
     OVH_DATA=(--set data.root="$OUT/loader-data/kaggle/shards" data.domain_a=photo data.domain_b=monet)

@@ -254,11 +254,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb", default="disabled", choices=("disabled", "offline"),
                    help="W&B mode for ours (default disabled)")
     p.add_argument("--no-bare-step", action="store_true", help="skip the bare-step arm (2 arms instead of 3)")
+    p.add_argument("--fixed-cost", action="store_true",
+                   help="a model so small its compute is negligible (ResNet-6 with ngf 1, a PixelGAN with ndf 1, "
+                        "8 px, batch 1): "
+                        "measures the loop's fixed cost per step in microseconds (goal <= 100 us)")
     p.add_argument("--mode", default="auto", choices=("auto", "lockstep", "runs"),
                    help="lockstep: the bare steps run inside our run, alternating step by step (robust to load from "
                         "other processes; each step is synchronised); runs: whole runs interleaved (keeps our "
                         "loop's CPU/GPU overlap). auto: runs on CUDA, lockstep on CPU")
     args = parse_with_quick(p, argv, {"ngf": 4, "window": 8, "log_every": 4, "warmup_steps": 2, "reps": 2})
+    if args.fixed_cost:
+        args.ngf, args.batch = 1, [1]
+        args.size, args.load_size = 8, 8  # a 1x1 PixelGAN: no spatial reduction, so 8 px work
+        args.overrides = ["model.generator=resnet_6blocks", "model.discriminator=pixel", "loss.pool_size=0",
+                          *args.overrides]
     if args.precision != ["fp32"]:
         raise SystemExit("error: the overhead benchmark compares fp32 loops (the reference has no mixed precision)")
     if args.window % args.log_every:
@@ -332,9 +341,21 @@ def main(argv=None) -> int:
         notes.append(f"ours vs bare-step (Accelerate + loop bookkeeping only, same step function): "
                      f"{100 * (loop_only.median - 1):+.1f}% (range {100 * (loop_only.low - 1):+.1f}.."
                      f"{100 * (loop_only.high - 1):+.1f}%)")
-    ok = ours.median <= 1.03
-    notes.append(f"goal framework overhead <= 3%: {'MET' if ok else 'NOT MET'} ({100 * (ours.median - 1):+.1f}%, "
-                 f"per-repetition range {100 * (ours.low - 1):+.1f}..{100 * (ours.high - 1):+.1f}%)")
+    if args.fixed_cost and "bare-step" in times:
+        fixed = [1e6 * (a - b) for a, b in zip(times["ours"], times["bare-step"])]
+        beyond_ref = 1e6 * (median(times["ours"]) - median(times["bare-ref"]))
+        cost = median(fixed)
+        report.extra["fixed_cost_us"] = cost
+        notes.append(f"fixed cost of the loop per step (ours - bare-step, the same step function): {cost:.0f} us "
+                     f"(range {min(fixed):.0f}..{max(fixed):.0f}); ours - bare-ref: {beyond_ref:.0f} us")
+        noise = (max(fixed) - min(fixed)) / 2
+        verdict = ("NOT RESOLVED: the repetitions disagree by more than the goal (a loaded machine?)" if noise > 500
+                   else "MET" if cost <= 100 else "NOT MET")
+        notes.append(f"goal loop fixed cost <= 100 us per step: {verdict} ({cost:.0f} us, +-{noise:.0f} us)")
+    else:
+        ok = ours.median <= 1.03
+        notes.append(f"goal framework overhead <= 3%: {'MET' if ok else 'NOT MET'} ({100 * (ours.median - 1):+.1f}%, "
+                     f"per-repetition range {100 * (ours.low - 1):+.1f}..{100 * (ours.high - 1):+.1f}%)")
     report.notes += notes
     report.extra["overhead"] = ours.median - 1
     report.emit(args.json_out, args.markdown)

@@ -6,7 +6,8 @@ Ours: ``cyclegan_dist.train.step.train_step`` with its parts wired as ``cyclegan
 Baseline: ``benchmarks.reference_step`` (the junyanz ``optimize_parameters``, fp32 eager, no Accelerate)
 on the same networks from the same seed. Both take the same CPU batch and move it to the device each step.
 
-A *variant* is ``PRECISION[+cl][+compile][+cudnn]`` (``fp32``, ``bf16+cl``, ``bf16+cl+compile``); the baseline is
+A *variant* is ``PRECISION[+cl][+compile|+graphs|+autotune][+cudnn]`` (``fp32``, ``bf16+cl``, ``bf16+cl+graphs``:
+torch.compile in its default, reduce-overhead (CUDA graphs) or max-autotune mode); the baseline is
 always fp32 eager. For each (model, variant, batch) both are built from identical initial weights, one step of
 each is compared weight for weight (``max|dw|``: 0 or ~1e-9 means the same math; a real difference shows at the
 size of one Adam step, ~lr = 2e-4), then timed interleaved. "img/s" counts training samples (one photo plus one
@@ -50,11 +51,15 @@ DEFAULT_PEAK_CUDA = 989e12  # H100/H200 SXM dense bf16
 # ------------------------------------------------------------------------------------------- variants
 
 
+# variant flag -> train.compile mode; reduce-overhead = CUDA graphs of each network's forward and backward
+COMPILE_FLAGS = {"compile": "default", "graphs": "reduce-overhead", "autotune": "max-autotune"}
+
+
 @dataclass(frozen=True)
 class Variant:
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: str = "no"  # train.compile: no | default | reduce-overhead | max-autotune
     cudnn: bool = False  # force torch.backends.cudnn.benchmark on for ours (the Runtime sets it on CUDA)
 
     @classmethod
@@ -64,16 +69,17 @@ class Variant:
             raise SystemExit(f"error: variant {text!r} must start with one of {', '.join(PRECISIONS)} "
                              "(e.g. bf16+cl+compile)")
         flags = set(parts[1:])
-        unknown = flags - {"cl", "compile", "cudnn"}
+        unknown = flags - {"cl", "cudnn", *COMPILE_FLAGS}
         if unknown:
             raise SystemExit(f"error: variant {text!r}: unknown flag(s) {', '.join(sorted(unknown))}; "
-                             "use cl, compile, cudnn")
-        return cls(parts[0], "cl" in flags, "compile" in flags, "cudnn" in flags)
+                             f"use cl, cudnn, {', '.join(COMPILE_FLAGS)}")
+        compiled = [COMPILE_FLAGS[f] for f in flags if f in COMPILE_FLAGS]
+        return cls(parts[0], "cl" in flags, compiled[0] if compiled else "no", "cudnn" in flags)
 
     @property
     def name(self) -> str:
-        return "+".join([self.precision] + (["cl"] if self.channels_last else [])
-                        + (["compile"] if self.compile else [])
+        flag = {mode: f for f, mode in COMPILE_FLAGS.items()}.get(self.compile)
+        return "+".join([self.precision] + (["cl"] if self.channels_last else []) + ([flag] if flag else [])
                         + (["cudnn"] if self.cudnn else []))
 
 
@@ -93,7 +99,7 @@ def bench_config(model: str, size: int, batch: int, variant: Variant, ngf: int |
     overrides = [
         f"model.generator={generator_for(model, size)}", f"data.crop_size={size}", f"data.load_size={size}",
         f"train.batch_size={batch}", f'train.mixed_precision="{PRECISIONS[variant.precision]}"',
-        f"train.channels_last={str(variant.channels_last).lower()}", f"train.compile={str(variant.compile).lower()}",
+        f"train.channels_last={str(variant.channels_last).lower()}", f"train.compile={variant.compile}",
         "wandb.mode=disabled",
     ]
     if ngf:
@@ -276,6 +282,8 @@ def run_case(model: str, variant: Variant, batch: int, args, peak: float | None)
     for _ in range(max(0, args.warmup - 2)):  # more warm-up (compilation, allocator, cuDNN autotune): untimed
         ref_step()
         ours_step()
+    step_gb = step_peak_memory(ours_step, device)
+    static_gb = sum(p.numel() * p.element_size() for p in ours.parameters().values()) * 4 / 1e9  # w, grad, Adam m, v
     times = interleaved({"reference": lambda: timed(ref_step, args.steps_per_rep, device),
                          "ours": lambda: timed(ours_step, args.steps_per_rep, device)}, args.reps)
     t_ref, t_ours = median(times["reference"]), median(times["ours"])
@@ -298,6 +306,7 @@ def run_case(model: str, variant: Variant, batch: int, args, peak: float | None)
         "loss rel. diff": f"{loss_diff:.1e}",
         "CL grad err": f"{cl_err[0]:.1e} ({cl_err[1]:.1e})" if cl_err else "—",
         "cudnn.benchmark ours/ref": f"{ours_flag}/{ref_flag}",
+        "peak GB": fmt(static_gb + step_gb, 2) if step_gb is not None else "—",
         # raw numbers for JSON consumers
         "ours_img_s": batch / t_ours, "ref_img_s": batch / t_ref, "ratio_median": ratio.median,
         "ratio_low": ratio.low, "ratio_high": ratio.high, "flops_per_step": flops, "mfu": mfu, "max_dw": dw,
@@ -305,12 +314,40 @@ def run_case(model: str, variant: Variant, batch: int, args, peak: float | None)
         "nchw_grad_err": cl_err[1] if cl_err else None, "cudnn_benchmark_ours": ours_flag,
         "cudnn_benchmark_ref": ref_flag,
         "times_ours_s": times["ours"], "times_ref_s": times["reference"],
+        "peak_memory_gb": static_gb + step_gb if step_gb is not None else None, "static_memory_gb": static_gb,
     }
     return row
 
 
+def step_peak_memory(step, device) -> float | None:
+    """GB one of our steps needs beyond what is allocated before it (activations, gradients, temporaries): the
+    CUDA allocator's high-water mark on a GPU; on a CPU the resident set's (VmHWM, reset through
+    /proc/self/clear_refs), which the allocator's caching makes approximate. None when it cannot be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 1e9
+
+    def status(key: str) -> int | None:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":")), None)
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        before = status("VmRSS")
+        step()
+        peak = status("VmHWM")
+    except OSError:
+        return None
+    return (peak - before) / 1e9 if peak is not None and before is not None else None
+
+
 HEADERS = ["model", "generator", "ngf", "size", "batch", "variant", "ours img/s", "ref img/s", "ratio", "ratio range",
-           "GFLOP/step", "MFU", "loss rel. diff", "CL grad err"]
+           "GFLOP/step", "MFU", "peak GB", "loss rel. diff", "CL grad err"]
 
 
 def goal_notes(rows: list[dict[str, Any]], device_type: str) -> list[str]:
@@ -358,7 +395,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if m not in MODELS:
             raise SystemExit(f"error: --model {m!r} is not one of {', '.join(MODELS)}")
     if args.variants is None:
-        suffix = ("+cl" if args.channels_last else "") + ("+compile" if args.compile else "")
+        suffix = ("+cl" if args.channels_last else "") + ("+compile" if args.compile else "")  # default mode
         args.variants = [p + suffix for p in args.precision]
     args.variant_list = [Variant.parse(v) for v in args.variants]
     return args
@@ -408,7 +445,8 @@ def main(argv=None) -> int:
         f"{args.reps} timed windows of {args.steps_per_rep} step(s) per arm after {args.warmup} warm-up step(s); "
         "img/s = training samples (photo + painting) per second",
         "loss rel. diff = largest relative difference of the G and D losses between ours and the reference over the "
-        "first two steps from the same weights and batch: fp32 eager gives 0 (the same math), compile ~1e-6, "
+        "first two steps from the same weights and batch: fp32 eager ~1e-7 (our Adam is fused: the same update, "
+        "rounded differently), compile ~1e-6, "
         "bf16 ~1e-3..1e-2 (rounding); a different objective would show ~1e-1",
         "CL grad err (channels_last variants; at batch 1) = relative L2 error of one eager fp32 step's G and D "
         "gradients in "

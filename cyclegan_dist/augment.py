@@ -15,23 +15,18 @@ G step and the D step alike — gets its own fresh draw.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("color", "translation", "cutout")
+from cyclegan_dist.config import LossConfig
+
+# the names loss.diffaugment accepts (defined once, by the config's type), in the order they are applied
+POLICIES: tuple[str, ...] = typing.get_args(typing.get_args(typing.get_type_hints(LossConfig)["diffaugment"])[0])
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
-
-
-def parse_policy(text: str) -> tuple[str, ...]:
-    """``"color,translation,cutout"`` (any subset, any order; "" = none) -> the policies in canonical order."""
-    names = [p.strip() for p in str(text or "").split(",") if p.strip()]
-    unknown = [p for p in names if p not in POLICIES]
-    if unknown:
-        raise ValueError(f"unknown DiffAugment policy {unknown[0]!r}; valid: {', '.join(POLICIES)}")
-    return tuple(p for p in POLICIES if p in names)
 
 
 @dataclass
@@ -104,8 +99,11 @@ def _translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 class DiffAugment:
     """The augmentation of a run: its policy, the domains it applies to and its RNG (a checkpointed generator)."""
 
-    def __init__(self, policy: str, domains: tuple[str, ...] = ("a", "b"), seed: int = 0) -> None:
-        self.policy = parse_policy(policy)
+    def __init__(self, policy: tuple[str, ...], domains: tuple[str, ...] = ("a", "b"), seed: int = 0) -> None:
+        unknown = [p for p in policy if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"unknown DiffAugment policy {unknown[0]!r}; valid: {', '.join(POLICIES)}")
+        self.policy = tuple(p for p in POLICIES if p in policy)
         self.domains = tuple(domains)
         self.generator = torch.Generator().manual_seed(int(seed))
 

@@ -53,6 +53,9 @@ class DataConfig:
     flip: bool = True
     num_workers: int = 4
     demo_size: int = 64  # image size of the embedded demo data set (used when root is null)
+    demo_style: Literal["colour", "strokes"] = "colour"  # the demo's "painting" transform (data/styles.py)
+    demo_photos: int = 600  # photo crops of the demo set
+    demo_paintings: int = 300  # painting crops of the demo set (30 vs 600: a data-poor setting like Kaggle's)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class LossConfig:
     lambda_identity: float = 5.0  # the EFFECTIVE weight: reference lambda_identity 0.5 x lambda_A 10
     pool_size: int = 50  # per rank; 0 disables the image pool
     d_loss_weight: float = 0.5
+    # DiffAugment (Zhao et al. 2020) of every image a discriminator sees; () = off (the reference)
+    diffaugment: tuple[Literal["color", "translation", "cutout"], ...] = ()
+    diffaugment_domains: tuple[Literal["a", "b"], ...] = ("a", "b")  # b: only what D_A sees (the paintings side)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,9 @@ class TrainConfig:
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale lr with world_size x batch_size
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
-    compile: bool = False
+    # torch.compile of each network: default | reduce-overhead (CUDA graphs of forward and backward at fixed
+    # shapes; the image pool and the optimizers stay eager) | max-autotune; no = eager
+    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"
     fused_adam: bool = True  # one Adam kernel per step (CPU and CUDA); also what lets the guard skip on the device
     deepspeed: str | None = None  # DeepSpeed JSON config (ZeRO-1/2), a path or e.g. deepspeed/zero2.json; null = DDP
     on_nonfinite: Literal["stop", "skip", "rollback"] = "skip"  # a non-finite loss or gradient (never applied)
@@ -86,6 +94,7 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_last: int = 3
+    ema_decay: float = 0.0  # > 0: an EMA of the generators, used for samples, in-training FID, export, collect
 
 
 @dataclass(frozen=True)
@@ -276,8 +285,8 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where, key)
     if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
+        if isinstance(value, str):  # "a,b" on the command line; "" is the empty tuple
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: {key} must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], where, key) for v in value)
@@ -328,6 +337,8 @@ def validate(config: Config, where: str = "config") -> None:
         (l.pool_size >= 0, "loss.pool_size must be >= 0"),
         (l.lambda_cycle >= 0 and l.lambda_identity >= 0, "loss.lambda_cycle and loss.lambda_identity must be >= 0"),
         (config.eval.every >= 0, "eval.every must be >= 0"),
+        (0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be within [0, 1), got {t.ema_decay}"),
+        (d.demo_photos >= 1 and d.demo_paintings >= 1, "data.demo_photos and data.demo_paintings must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -126,9 +126,10 @@ def default_photos(config: dict[str, Any]) -> str:
     if data.get("root"):
         root = Path(os.path.expandvars(str(data["root"]))).expanduser()
         return str(root / f"{data.get('domain_a', 'photo')}-*.tar")
-    from cyclegan_dist.data.demo import ensure_demo_shards
+    from cyclegan_dist.config import DataConfig, from_dict
+    from cyclegan_dist.data.demo import demo_root
 
-    return str(ensure_demo_shards(size=int(data.get("demo_size", 64))) / "photo-*.tar")
+    return str(demo_root(from_dict(data, DataConfig, where="the run's config", prefix="data.")) / "photo-*.tar")
 
 
 def check_photos(source: str) -> None:

@@ -205,15 +205,17 @@ def estimate(p: Plan, run: PlannedRun) -> str:
     size (the median of their last logging periods), or why there is none."""
     steps = int(run.config["train"]["steps"])
     world = p.resources.world_size
-    times = [rec["step_time_s"] for old in runs.iter_runs(p.run_root, [run.experiment])
-             for rec in old.rundir.metrics()[-3:] if rec.get("world_size") == world and rec.get("step_time_s")]
-    if not times:
+    records = [rec for old in runs.iter_runs(p.run_root, [run.experiment]) for rec in old.rundir.metrics()[-3:]
+               if rec.get("world_size") == world and rec.get("step_time_s")]
+    if not records:
         return f"{steps:,} steps; no measured step time for it at {world} ranks yet (no estimate)"
-    step_s = sorted(times)[len(times) // 2]
+    step_s = sorted(r["step_time_s"] for r in records)[len(records) // 2]
     hours = steps * step_s / 3600
     devices = p.resources.gpus or world
+    peaks = [r["mem/peak_gb"] for r in records if r.get("mem/peak_gb")]
+    memory = f"; peak memory {max(peaks):.1f} GB per rank" if peaks else ""
     return (f"{steps:,} steps x {step_s * 1000:.0f} ms/step measured by earlier runs = {hours:.2f} h wall, "
-            f"{hours * devices:.2f} {'GPU' if p.resources.gpus else 'rank'}-hours")
+            f"{hours * devices:.2f} {'GPU' if p.resources.gpus else 'rank'}-hours{memory}")
 
 
 def sbatch_preview(p: Plan) -> str | None:

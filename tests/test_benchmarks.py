@@ -41,8 +41,10 @@ def test_variant_names_and_ratios():
     from benchmarks.step import Variant
 
     v = Variant.parse("bf16+cl+compile")
-    assert (v.precision, v.channels_last, v.compile, v.cudnn) == ("bf16", True, True, False)
+    assert (v.precision, v.channels_last, v.compile, v.cudnn) == ("bf16", True, "default", False)
     assert v.name == "bf16+cl+compile" and Variant.parse("fp32").name == "fp32"
+    assert Variant.parse("bf16+graphs").compile == "reduce-overhead"
+    assert Variant.parse("fp32+autotune").name == "fp32+autotune"
     with pytest.raises(SystemExit):
         Variant.parse("fp8+cl")
     with pytest.raises(SystemExit):
@@ -116,9 +118,12 @@ def test_gpu_script_quick_on_cpu(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = results.read_text()
     assert text.lstrip().startswith("# gpu.sh --quick")
-    for title in ("## Training step", "## Data loading", "## Framework overhead"):
+    for title in ("## Training step", "## Data loading", "## Framework overhead", "## Speed and translation quality"):
         assert text.count(title) >= 1, title
     assert "FAILED" not in text and "skipped" not in text
-    for name in ("step-fp32", "step-fast", "loader", "overhead"):
+    assert "fixed cost of the loop per step" in text and "peak GB" in text
+    for name in ("step-fp32", "step-fast", "loader", "overhead", "fixed-cost", "quality"):
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["rows"]
+    quality = json.loads((tmp_path / "out" / "quality.json").read_text())["rows"]
+    assert [r["variant"] for r in quality] == ["fp32", "bf16+cl"] and all(r["psnr_after"] > 0 for r in quality)
     assert not (ROOT / "benchmarks" / "RESULTS.md").read_text().count(str(tmp_path))  # --quick never writes there

@@ -234,3 +234,49 @@ def test_checkpoint_files_are_fsynced_before_the_marker_and_the_rename(tmp_path,
     assert len(renames) == 1 and marker < renames[0], calls
     assert ("fsync", str(run.checkpoints)) in calls[renames[0]:], calls
     assert rundir.is_checkpoint(run.checkpoint(7))
+
+
+# ------------------------------------------------------------------------------------------------ damaged samples
+
+
+def test_skipped_samples_are_counted_over_workers_and_ranks(tmp_path):
+    """Unreadable samples in the shards, 2 ranks with a DataLoader worker each: data/skipped sums every draw that
+    was skipped (exactly what the ranks' streams skip, computed here independently), and one warning names the
+    first keys."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from webdataset import TarWriter
+
+    from cyclegan_dist.data.streams import UnpairedShardDataset
+
+    def jpeg(seed: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray((np.random.default_rng(seed).random((40, 40, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+        return buf.getvalue()
+
+    root = tmp_path / "shards"
+    root.mkdir()
+    domains = {"photo": [("good0", jpeg(0)), ("bad0", b"\x00" * 300), ("good1", jpeg(1)), ("bad1", b"\xff\xd8x"),
+                         ("good2", jpeg(2))],
+               "monet": [(f"m{i}", jpeg(10 + i)) for i in range(3)] + [("bad2", jpeg(9)[:200])]}
+    index = {"version": 1, "domains": {}, "resize": None, "created": None}
+    for domain, items in domains.items():
+        with TarWriter(str(root / f"{domain}-000000.tar"), encoder=False) as w:
+            for key, data in items:
+                w.write({"__key__": key, "jpg": data})
+        index["domains"][domain] = {"count": len(items), "shards": [{"url": f"{domain}-000000.tar",
+                                                                      "nsamples": len(items)}]}
+    (root / "index.json").write_text(json.dumps(index))
+    run_dir = tmp_path / "run"
+    steps, batch = 8, 2
+    run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set", f"data.root={root}",
+                 "data.domain_b=monet", *TINY[:2], "data.num_workers=1", "train.sample_every=0", "wandb.mode=disabled",
+                 f"train.steps={steps}", "train.log_every=4", f"train.batch_size={batch}", "data.load_size=36")
+    expected = sum(UnpairedShardDataset(root, "photo", "monet", load_size=36, crop_size=32, rank=r)[k]["skipped"]
+                   for r in (0, 1) for k in range(steps * batch))
+    counted = sum(r["data/skipped"] for r in read_metrics(run_dir) if "data/skipped" in r)
+    assert expected > 0 and counted == expected, (counted, expected)
+    (warning,) = warnings_of(run_dir, "data")
+    assert warning["keys"] and set(warning["keys"]) <= {"bad0", "bad1", "bad2"}, warning

@@ -30,6 +30,7 @@ from PIL import Image
 
 from cyclegan_dist.cache import cache_root
 from cyclegan_dist.data.shards import INDEX_NAME
+from cyclegan_dist.data.styles import STYLES, colour, painting_transform
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import resize
 
@@ -41,38 +42,9 @@ EVAL_PAIRS = "eval-pairs.npy"
 DOMAINS = ("photo", "painting")
 _DEFAULTS = (600, 300, 64)  # photos, paintings, test pairs
 
-# painterly T: out_c = sum_j M[c, j] * in_j + OFFSET[c], then gamma, S-curve, blur, posterize
-_M = np.array([[0.35, 0.75, 0.10], [0.10, 0.50, 0.35], [0.25, -0.05, 0.40]])
-_OFFSET = np.array([0.12, 0.06, -0.06])
-_GAMMA, _CONTRAST, _BLUR_SIGMA, _LEVELS = 0.7, 2.2, 0.7, 12
-
-
-def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of HxWxC float array, reflect padding, radius ceil(3 sigma)."""
-    r = max(1, int(np.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    for axis in (0, 1):
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (r, r)
-        p = np.pad(a, pad, mode="reflect" if a.shape[axis] > r else "edge")
-        n = a.shape[axis]
-        a = sum(k[i] * np.take(p, np.arange(i, i + n), axis=axis) for i in range(2 * r + 1))
-    return a
-
-
 def painterly(img: np.ndarray) -> np.ndarray:
-    """The fixed demo "painting" transform T: uint8 HxWx3 -> uint8 HxWx3 (deterministic)."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"painterly expects uint8 HxWx3, got {img.dtype} {img.shape}")
-    x = img.astype(np.float64) / 255.0
-    y = np.stack([sum(_M[c, j] * x[..., j] for j in range(3)) + _OFFSET[c] for c in range(3)], axis=-1)
-    y = np.clip(y, 0.0, 1.0) ** _GAMMA
-    y = 0.5 + 0.5 * np.tanh(_CONTRAST * (y - 0.5)) / np.tanh(0.5 * _CONTRAST)
-    y = _blur(y, _BLUR_SIGMA)
-    y = np.round(np.clip(y, 0.0, 1.0) * (_LEVELS - 1)) / (_LEVELS - 1)
-    return (y * 255.0 + 0.5).astype(np.uint8)
+    """The default demo "painting" transform T (``data.demo_style: colour``): uint8 HxWx3 -> uint8 HxWx3."""
+    return colour(img)
 
 
 def _source_images() -> list[tuple[str, np.ndarray]]:
@@ -131,9 +103,11 @@ def _crops(images, which: int, n: int, size: int) -> np.ndarray:
     return out
 
 
-def _params(size, n_photo, n_paint, n_test) -> dict:
+def _params(size, n_photo, n_paint, n_test, style) -> dict:
+    transform = "painterly-v1" if style == "colour" else f"{style}-v1"
     return {"version": DEMO_VERSION, "size": size, "n_photo": n_photo, "n_painting": n_paint, "n_test": n_test,
-            "seed": DEMO_SEED, "transform": "painterly-v1", "eval_pairs": EVAL_PAIRS, "domains": list(DOMAINS)}
+            "seed": DEMO_SEED, "transform": transform, "style": style, "eval_pairs": EVAL_PAIRS,
+            "domains": list(DOMAINS)}
 
 
 def _read_demo_params(root: Path):
@@ -150,12 +124,12 @@ def _is_built(root: Path, params: dict) -> bool:
 
 
 def ensure_demo_shards(root=None, size: int = 64, n_train: int = _DEFAULTS[0], n_test: int = _DEFAULTS[2],
-                       n_paintings: int | None = None) -> Path:
+                       n_paintings: int | None = None, style: str = "colour") -> Path:
     """Build (once) and return the demo shard root: domains "photo" (``n_train`` crops) and "painting"
-    (``n_paintings`` crops, default ``n_train // 2``), plus ``n_test`` held-out pairs.
+    (``n_paintings`` crops, default ``n_train // 2``, painted by ``style``), plus ``n_test`` held-out pairs.
 
     ``root`` is the shard root itself; default ``<cache_root()>/demo-<size>-v<DEMO_VERSION>`` (non-default
-    counts add ``-<photo>-<painting>-<test>`` to the name).
+    counts add ``-<photo>-<painting>-<test>`` to the name, a style other than ``colour`` ``-<style>``).
     Built in a temp dir and renamed: concurrent callers (several ranks) are safe, a second call is instant.
     """
     size, n_photo, n_test = int(size), int(n_train), int(n_test)
@@ -163,11 +137,15 @@ def ensure_demo_shards(root=None, size: int = 64, n_train: int = _DEFAULTS[0], n
     if size < 8 or min(n_photo, n_paint, n_test) < 1:
         raise UserError(f"demo data: need size >= 8 and counts >= 1, got size={size} n_train={n_photo} "
                         f"n_paintings={n_paint} n_test={n_test}")
-    params = _params(size, n_photo, n_paint, n_test)
+    if style not in STYLES:
+        raise UserError(f"data.demo_style={style!r} is not valid; choose one of: {', '.join(STYLES)}")
+    params = _params(size, n_photo, n_paint, n_test, style)
     if root is None:
         name = f"demo-{size}-v{DEMO_VERSION}"
         if (n_photo, n_paint, n_test) != _DEFAULTS:
             name += f"-{n_photo}-{n_paint}-{n_test}"
+        if style != "colour":
+            name += f"-{style}"
         root = cache_root() / name
     root = Path(root).expanduser().absolute()
     if _is_built(root, params):
@@ -193,6 +171,12 @@ def ensure_demo_shards(root=None, size: int = 64, n_train: int = _DEFAULTS[0], n
     return root
 
 
+def demo_root(data) -> Path:
+    """The demo shard root a run's ``DataConfig`` (``data.root: null``) trains on, built on first use."""
+    return ensure_demo_shards(size=data.demo_size, n_train=data.demo_photos, n_paintings=data.demo_paintings,
+                              style=data.demo_style)
+
+
 def _build(out: Path, params: dict) -> None:
     from cyclegan_dist.data.prepare import prepare_shards
 
@@ -201,14 +185,15 @@ def _build(out: Path, params: dict) -> None:
     photos = _crops(images, 0, params["n_photo"], size)
     paint_src = _crops(images, 1, params["n_painting"], size)
     test = _crops(images, 2, params["n_test"], size)
-    paintings = np.stack([painterly(c) for c in paint_src])
+    paint = painting_transform(params["style"])
+    paintings = np.stack([paint(c) for c in paint_src])
     prepare_shards(
         {"photo": [(f"photo_{i:05d}", a) for i, a in enumerate(photos)],
          "painting": [(f"painting_{i:05d}", a) for i, a in enumerate(paintings)]},
         out, shard_size=200, quality=95, progress=False, workers=1, timestamp=False,
         extra={"demo": dict(params, sources=[n for n, _ in images])},
     )
-    pairs = np.stack([test, np.stack([painterly(c) for c in test])])
+    pairs = np.stack([test, np.stack([paint(c) for c in test])])
     np.save(out / EVAL_PAIRS, pairs, allow_pickle=False)
 
 

@@ -20,8 +20,9 @@ Nothing depends on what was read before, so:
 * **different ranks see different streams**: the rank is in every seed.
 
 A sample whose bytes do not decode is skipped by re-drawing with ``attempt + 1`` (still a pure
-function of k) and counted: ``item["skipped"]`` (summed per batch, so it is exact with any number of
-workers) and ``dataset.skipped`` (this process). One warning per process. A domain where
+function of k) and counted: ``item["skipped"]`` and ``item["skipped_keys"]`` (in every batch, so the loop
+counts them exactly with any number of workers and ranks) and ``dataset.skipped`` (this process). One warning
+per process. A domain where
 ``max_tries`` draws in a row fail is a UserError. The torch/numpy/python global RNGs are never used.
 
 ``iter_domain`` is the sequential counterpart for evaluation/export: every image of a domain exactly
@@ -132,13 +133,14 @@ class UnpairedShardDataset(Dataset):
         return self._readers[which]
 
     def _draw(self, which: int, k: int):
-        last = None
+        last, bad = None, []
         for attempt in range(self.max_tries):
             idx = int(item_rng(self.seed, self.rank, k, which, _PICK, attempt).integers(self.counts[which]))
             sample = self._reader(which)[idx]  # UserError if the shard cannot be opened
             try:
-                return decode(sample_image_bytes(sample)), sample["__key__"], attempt
+                return decode(sample_image_bytes(sample)), sample["__key__"], bad
             except Exception as e:
+                bad.append(str(sample.get("__key__")))
                 last = f"{sample.get('__key__')} in {sample.get('__shard__')} ({type(e).__name__}: {e})"
                 self.skipped += 1
                 if not self._warned:
@@ -154,14 +156,15 @@ class UnpairedShardDataset(Dataset):
         k = int(k)
         if k < 0:
             raise IndexError(f"sample index must be >= 0, got {k}")
-        out, skipped = {}, 0
+        out, skipped = {}, []
         for which, name in ((0, "A"), (1, "B")):
-            img, key, n = self._draw(which, k)
+            img, key, bad = self._draw(which, k)
             rng = item_rng(self.seed, self.rank, k, which, _AUG)
             out[name], out[name + "_flip"] = train_crop(img, rng, self.load_size, self.crop_size, self.flip)
             out[name + "_key"] = key
-            skipped += n
-        out["skipped"] = skipped
+            skipped += bad
+        out["skipped"] = len(skipped)
+        out["skipped_keys"] = ",".join(skipped)  # a string: batches of them collate into a list
         return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cyclegan_dist.config import load_config
-from cyclegan_dist.data.demo import ensure_demo_shards
+from cyclegan_dist.data.demo import demo_root
 from cyclegan_dist.data.streams import iter_domain
 from cyclegan_dist.data.transforms import normalize
 from cyclegan_dist.errors import UserError
@@ -101,7 +101,7 @@ def _grid(runs: list[RunSummary], path: Path, n_photos: int) -> Path:
     import io
 
     config = load_config(RunDir(runs[0].run_dir).config)
-    root = Path(config.data.root) if config.data.root else ensure_demo_shards(size=config.data.demo_size)
+    root = Path(config.data.root) if config.data.root else demo_root(config.data)
     photos = [image for _, image in itertools.islice(iter_domain(root, config.data.domain_a, size=GRID_SIZE), n_photos)]
     x = torch.stack(photos)  # uint8
     rows, labels = [normalize(x)], [f"{config.data.domain_a} (input)"]

@@ -43,9 +43,9 @@ def build_networks(model: ModelConfig, train: TrainConfig, *, pool_size: int, se
     memory = torch.channels_last if train.channels_last else torch.contiguous_format
     gens.to(memory_format=memory)
     discs.to(memory_format=memory)
-    if train.compile:
+    if train.compile != "no":
         for net in (gens.G_A, gens.G_B, discs.D_A, discs.D_B):
-            net.compile()
+            net.compile(mode=None if train.compile == "default" else train.compile)
     base_lr = scaled_lr(train.lr, train.lr_scaling, world)
     opt_G = adam(gens.parameters(), train, base_lr, device_type)
     opt_D = adam(discs.parameters(), train, base_lr, device_type)

@@ -58,7 +58,7 @@ class DataSetup:
 
 def setup_data(data: DataConfig, *, batch_size: int, seed: int, rank: int) -> DataSetup:
     if data.root is None:
-        root = demo.ensure_demo_shards(size=data.demo_size)
+        root = demo.demo_root(data)
         domain_a, domain_b = DEMO_DOMAINS
         x, target = demo.demo_eval_pairs(root, size=data.crop_size)
         eval_pairs, psnr_identity = (x, target), float(psnr(x, target))

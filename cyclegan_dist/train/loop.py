@@ -46,7 +46,7 @@ def loop(s: Session, config: Config, stop_after: int | None) -> dict[str, Any]:
     while state.step < t.steps:
         s.set_lr()
         batch = next(loader)
-        s.window.add(s.step(batch), batch["skipped"])
+        s.window.add(s.step(batch), batch["skipped"], batch["skipped_keys"])
         state.step += 1
         s.progress.step()
         if s.due(t.log_every):

@@ -178,16 +178,34 @@ def _handlers(cpu: bool, train: TrainConfig, always: bool = False) -> list:
 
 
 def _ddp_handlers() -> list:
-    """Exact resume on more than two ranks: DDP regroups its gradient buckets after a process's first step, which
-    moves each gradient's position in the all-reduce buffer and so the order in which its ranks' values are summed
-    (a ring all-reduce sums chunk by chunk, from a different rank per chunk). A resumed process would start with the
-    original grouping, and its sums would differ in the last bits from the uninterrupted run's. With
-    ``find_unused_parameters`` DDP keeps the grouping fixed. Two ranks need nothing: a + b is b + a exactly."""
+    """DDP's options. ``gradient_as_bucket_view``: the gradients live in the all-reduce buckets (no copy in or
+    out of them, one gradient's worth of memory less). Exact resume on more than two ranks: DDP regroups its
+    buckets after a process's first step, which moves each gradient's position in the all-reduce buffer and so the
+    order in which its ranks' values are summed (a ring all-reduce sums chunk by chunk, from a different rank per
+    chunk); a resumed process would start with the original grouping and its sums would differ in the last bits
+    from the uninterrupted run's. With ``find_unused_parameters`` DDP keeps the grouping fixed (one extra walk of
+    the autograd graph per step). Two ranks do not need it: a + b is b + a exactly."""
     from accelerate.utils import DistributedDataParallelKwargs
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 2:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
         return []
-    return [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    return [DistributedDataParallelKwargs(gradient_as_bucket_view=True, find_unused_parameters=world > 2)]
+
+
+def peak_memory_gb(device) -> float | None:
+    """This process's peak memory: the CUDA caching allocator's high-water mark on a GPU (a host-side counter,
+    no sync), the resident set's (VmHWM) on a CPU; None when unknown."""
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
 
 
 # ------------------------------------------------------------------------------------------ RNG

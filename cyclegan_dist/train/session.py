@@ -17,17 +17,19 @@ from typing import Any
 import torch
 
 from cyclegan_dist import checkpoint as ckpt
+from cyclegan_dist.augment import DiffAugment
 from cyclegan_dist.config import Config
 from cyclegan_dist.data.transforms import normalize
-from cyclegan_dist.rundir import GENERATOR_FILES, RunDir, step_dir_name
+from cyclegan_dist.rundir import EMA_FILES, GENERATOR_FILES, RunDir, step_dir_name
 from cyclegan_dist.tracking import Tracker
 from cyclegan_dist.train import resume as resuming
 from cyclegan_dist.train.build import build_networks
 from cyclegan_dist.train.data_setup import setup_data
+from cyclegan_dist.train.ema import GeneratorEMA
 from cyclegan_dist.train.evaluation import EvaluationFailed, TrainingEvaluator
 from cyclegan_dist.train.guard import DivergenceMonitor, NonFiniteGuard
 from cyclegan_dist.train.progress import Progress
-from cyclegan_dist.train.runtime import Runtime
+from cyclegan_dist.train.runtime import Runtime, peak_memory_gb
 from cyclegan_dist.train.schedule import Schedule, set_lr
 from cyclegan_dist.train.state import TrainState, new_id
 from cyclegan_dist.train.step import StepParts, train_step
@@ -36,20 +38,27 @@ log = logging.getLogger("cyclegan_dist.train")
 
 
 class Window:
-    """Loss sums of the current logging period, on the device (no host sync until the period ends)."""
+    """Loss sums of the current logging period, on the device (no host sync until the period ends): one stack and
+    one add per step, whatever the number of loss terms."""
 
     def __init__(self) -> None:
+        self.names: list[str] = []
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
+        self.total: torch.Tensor | None = None
         self.steps, self.skipped_samples, self.start = 0, 0, time.perf_counter()
+        self.skipped_keys: list[str] = []
 
-    def add(self, losses: dict[str, torch.Tensor], skipped: torch.Tensor) -> None:
-        for name, value in losses.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
+    def add(self, losses: dict[str, torch.Tensor], skipped: torch.Tensor, keys: list[str] = ()) -> None:
+        if not self.names:
+            self.names = list(losses)
+        values = torch.stack([losses[n].float() for n in self.names])
+        self.total = values if self.total is None else self.total + values
         self.steps += 1
         self.skipped_samples += int(skipped.sum())  # a CPU tensor from the loader: no device sync
+        if len(self.skipped_keys) < 5:
+            self.skipped_keys += [k for ks in keys if ks for k in ks.split(",")][: 5 - len(self.skipped_keys)]
 
 
 class Session:
@@ -79,6 +88,11 @@ class Session:
             nets.discs.load_state_dict(loaded[0]["discriminators"])
         self.gens, self.discs, self.opt_G, self.opt_D = rt.prepare(nets.gens, nets.discs, nets.opt_G, nets.opt_D)
         self.gens_plain, self.discs_plain = rt.unwrap(self.gens), rt.unwrap(self.discs)
+        if config.loss.diffaugment:  # its own RNG per rank, checkpointed: exact resume holds
+            self.state.augment = DiffAugment(config.loss.diffaugment, config.loss.diffaugment_domains,
+                                             seed=config.seed * 1000 + rt.rank + 7919)
+        if t.ema_decay > 0:
+            self.state.ema = GeneratorEMA(self.gens_plain, t.ema_decay)
         notes = self._restore(*loaded) if loaded else []
         self.tracker = Tracker(run, config.wandb, experiment=config.experiment, config=config.to_dict(),
                                wandb_id=self.state.wandb_id, enabled=rt.is_main, run_name=run_name or run.path.name)
@@ -89,7 +103,9 @@ class Session:
         self.divergence = DivergenceMonitor()
         self.parts = StepParts(self.gens, self.discs, self.discs_plain, self.opt_G, self.opt_D, self.state.pool_A,
                                self.state.pool_B, config.loss, backward=rt.acc_G.backward,
-                               backward_D=rt.acc_D.backward, autocast=rt.autocast, guard=self.guard.check)
+                               backward_D=rt.acc_D.backward, autocast=rt.autocast, guard=self.guard.check,
+                               augment=self.state.augment,
+                               after_G=(lambda: self.state.ema.update(self.gens_plain)) if self.state.ema else None)
         self.evaluator = self._evaluator()
         self.window = Window()
         self.start_step, self.lr = self.state.step, None
@@ -141,12 +157,18 @@ class Session:
             return None
         return evaluator
 
+    @property
+    def inference_generators(self) -> torch.nn.Module:
+        """What samples, PSNR and in-training FID use: the generators' EMA when the run keeps one."""
+        return self.state.ema.generators if self.state.ema is not None else self.gens_plain
+
     def loader(self):
         return iter(self.data.loader(start_sample=self.state.step * self.config.train.batch_size))
 
     def before_training(self) -> None:
         if self.rt.is_main and self.state.step == 0 and self.data.eval_pairs is not None:
-            self.result["psnr_before"] = self.data.psnr(self.gens_plain.G_A, self.rt.device, self.rt.autocast)
+            self.result["psnr_before"] = self.data.psnr(self.inference_generators.G_A, self.rt.device,
+                                                        self.rt.autocast)
             self.tracker.log(0, {"eval/psnr": self.result["psnr_before"],
                                  "eval/psnr_identity": self.data.psnr_identity})
 
@@ -177,8 +199,7 @@ class Session:
     def log(self) -> str:
         """Reduce the period's losses and counters (the one host sync), log them; returns go | rollback | stop."""
         w, rt, t = self.window, self.rt, self.config.train
-        names = sorted(w.sums)
-        local = torch.stack([w.sums[n].float() for n in names])
+        names, local = w.names, w.total
         totals = rt.sum(torch.cat([local, torch.stack([self.guard.read().float(),
                                                       torch.tensor(float(w.skipped_samples), device=rt.device)])]))
         values = (totals[:-2] / (w.steps * rt.world)).tolist()
@@ -187,11 +208,12 @@ class Session:
         metrics = dict(zip(names, values))
         metrics.update({"lr": self.lr, "world_size": rt.world, "img_per_s": w.steps * t.batch_size * rt.world / elapsed,
                         "step_time_s": elapsed / w.steps, "data/skipped": skipped_samples,
-                        "train/skipped_steps": skipped_steps})
+                        "train/skipped_steps": skipped_steps, "mem/peak_gb": peak_memory_gb(rt.device)})
         c = self.state.counters
         c["skipped_steps"] += skipped_steps
         first_skips = skipped_samples and not c.get("skipped_samples")
         c["skipped_samples"] = c.get("skipped_samples", 0) + skipped_samples
+        first_keys = sum(rt.gather_object(w.skipped_keys), [])[:5] if first_skips else []  # collective, rare
         self.result["metrics"] = metrics
         w.reset()
         self.tracker.log(self.state.step, metrics)
@@ -201,7 +223,8 @@ class Session:
             self.progress.note(f"warning: {message}")
         if first_skips:
             self.tracker.warn("data", f"{skipped_samples} unreadable sample(s) skipped and redrawn by step "
-                              f"{self.state.step}; the first keys are in the log of the process that read them")
+                              f"{self.state.step} (over all workers and ranks); first: {', '.join(first_keys)}; "
+                              "later ones are counted in data/skipped", keys=first_keys)
         bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
         if not (skipped_steps or bad):
             return "go"
@@ -261,12 +284,13 @@ class Session:
             return
         path = self.run.samples / f"{step_dir_name(self.state.step)}.png"
         with self.tracker.side_service("samples", step=self.state.step):
-            self.data.save_grid(self.gens_plain, path, self.state.step, self.rt.device, self.rt.autocast)
+            self.data.save_grid(self.inference_generators, path, self.state.step, self.rt.device, self.rt.autocast)
             self.result["samples"] = str(path)
             self.tracker.log_image(self.state.step, "samples", path)
         if self.data.eval_pairs is not None:  # demo data: translation quality against the known transform
             with self.tracker.side_service("psnr", step=self.state.step):
-                self.tracker.log(self.state.step, {"eval/psnr": self.data.psnr(self.gens_plain.G_A, self.rt.device,
+                self.tracker.log(self.state.step, {"eval/psnr": self.data.psnr(self.inference_generators.G_A,
+                                                                                self.rt.device,
                                                                                 self.rt.autocast)})
 
     def evaluation_due(self) -> bool:
@@ -301,6 +325,8 @@ class Session:
                                  "discriminators": ckpt.weights_digest(self.discs_plain)},
                       **({"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()} if sharded else {})}
         generators = {GENERATOR_FILES[n]: getattr(self.gens_plain, n).state_dict() for n in ("G_A", "G_B")}
+        if state.ema is not None:  # export and collect pick these unless --raw-weights
+            generators |= {EMA_FILES[n]: getattr(state.ema.generators, n).state_dict() for n in ("G_A", "G_B")}
         path = ckpt.save_checkpoint(self.run, state.step, rank=rt.rank, world_size=rt.world, run_id=state.run_id,
                                     barrier=rt.barrier, shared_state=shared if rt.is_main else None,
                                     rank_state=rank_state, generators=generators if rt.is_main else None,
@@ -312,7 +338,7 @@ class Session:
     def evaluate(self) -> None:
         rt, step = self.rt, self.state.step
         try:
-            scores = self.evaluator.evaluate(self.gens_plain.G_A, rt.autocast, rt.gather_object)
+            scores = self.evaluator.evaluate(self.inference_generators.G_A, rt.autocast, rt.gather_object)
         except EvaluationFailed as exc:
             self.tracker.warn("eval", f"in-training FID/MiFID failed at step {step} ({exc}); logged as missing, "
                               "training goes on", step=step)
@@ -335,7 +361,7 @@ class Session:
         r.update({"status": status, "step": state.step, "wall_time_s": time.perf_counter() - started})
         r.setdefault("metrics", {})
         if rt.is_main and self.data.eval_pairs is not None and status == "completed":
-            r["psnr_after"] = self.data.psnr(self.gens_plain.G_A, rt.device, rt.autocast)
+            r["psnr_after"] = self.data.psnr(self.inference_generators.G_A, rt.device, rt.autocast)
             r["psnr_identity"] = self.data.psnr_identity
             self.tracker.log(state.step, {"eval/psnr": r["psnr_after"], "eval/psnr_identity": self.data.psnr_identity})
         if rt.is_main:

@@ -6,7 +6,9 @@ GAN(D_A(G_A(A))) + GAN(D_B(G_B(B))) + lambda_cycle (|G_B(G_A(A)) - A| + |G_A(G_B
 0.5 x (GAN(real, 1) + GAN(fake, 0)); D step.
 
 During the G step the discriminators are frozen and called through their unwrapped modules, so DDP does not
-wait for gradients that never come; the D step calls the wrapped module once.
+wait for gradients that never come; the D step calls the wrapped module once. With DiffAugment on
+(``loss.diffaugment``) every image a discriminator sees, real or fake, in either step, gets a fresh augmentation
+(differentiable, so the generators learn through it); off, the step is exactly the reference's.
 Returns detached loss tensors (no host sync here: the loop reduces them when it logs).
 """
 
@@ -47,6 +49,8 @@ class StepParts:
     step_G: Callable[[], None] | None = None  # default: opt_G.step(); opt_G.zero_grad()
     step_D: Callable[[], None] | None = None
     guard: Callable[[str, torch.Tensor, torch.optim.Optimizer], bool] | None = None  # False: skip this step
+    augment: Callable[[torch.Tensor, str], torch.Tensor] | None = None  # DiffAugment(images, "a" | "b")
+    after_G: Callable[[], None] | None = None  # after the generators' update (the EMA)
 
 
 def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,9 +61,9 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
     set_requires_grad(parts.discriminators_plain, False)
     with parts.autocast():
         out = parts.generators(real_A, real_B, identity=identity)
-        D = parts.discriminators_plain
-        loss_G_A = gan_loss(D.D_A(out["fake_B"]), True, cfg.gan_mode)
-        loss_G_B = gan_loss(D.D_B(out["fake_A"]), True, cfg.gan_mode)
+        D, aug = parts.discriminators_plain, parts.augment or _identity
+        loss_G_A = gan_loss(D.D_A(aug(out["fake_B"], "b")), True, cfg.gan_mode)
+        loss_G_B = gan_loss(D.D_B(aug(out["fake_A"], "a")), True, cfg.gan_mode)
         loss_cycle_A = l1_loss(out["rec_A"], real_A) * cfg.lambda_cycle
         loss_cycle_B = l1_loss(out["rec_B"], real_B) * cfg.lambda_cycle
         loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B
@@ -69,13 +73,15 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
             loss_G = loss_G + loss_idt_A + loss_idt_B
     parts.backward(loss_G)
     _step(parts, "G", loss_G, parts.opt_G, parts.step_G)
+    if parts.after_G is not None:
+        parts.after_G()
     set_requires_grad(parts.discriminators_plain, True)
 
     # ---- discriminators, on pooled fakes
     fake_B = parts.pool_B.query(out["fake_B"].detach())
     fake_A = parts.pool_A.query(out["fake_A"].detach())
     with parts.autocast():
-        pred = parts.discriminators(real_B, fake_B, real_A, fake_A)
+        pred = parts.discriminators(aug(real_B, "b"), aug(fake_B, "b"), aug(real_A, "a"), aug(fake_A, "a"))
         loss_D_A = (gan_loss(pred["D_A_real"], True, cfg.gan_mode)
                     + gan_loss(pred["D_A_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
         loss_D_B = (gan_loss(pred["D_B_real"], True, cfg.gan_mode)
@@ -92,6 +98,10 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
         losses["loss/idt_A"] = loss_idt_A
         losses["loss/idt_B"] = loss_idt_B
     return {name: value.detach() for name, value in losses.items()}
+
+
+def _identity(x: torch.Tensor, domain: str) -> torch.Tensor:
+    return x
 
 
 def _step(parts: StepParts, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
