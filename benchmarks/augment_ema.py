@@ -47,6 +47,9 @@ def run_one(out: Path, exp: str, style: str, setting: str, seed: int, args) -> d
            f"data.demo_style={style}", f"data.demo_photos={args.photos}", f"data.demo_paintings={args.paintings}",
            "data.num_workers=0", "train.sample_every=0", "eval.at_end=false", "eval.every=0", "wandb.mode=disabled",
            f"train.checkpoint_every={args.steps}", *SETTINGS[setting]]
+    if args.reuse and (done := finished_run(run_dir, args.steps)) is not None:
+        return {"style": style, "model": exp, "setting": setting, "seed": seed, "run_dir": str(run_dir),
+                **done, "seconds": 0.0, "reused": True}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
@@ -56,6 +59,22 @@ def run_one(out: Path, exp: str, style: str, setting: str, seed: int, args) -> d
     return {"style": style, "model": exp, "setting": setting, "seed": seed, "run_dir": str(run_dir),
             "psnr": result["psnr_after"], "psnr_identity": result["psnr_identity"],
             "psnr_before": result["psnr_before"], "seconds": round(time.monotonic() - t0, 1)}
+
+
+def finished_run(run_dir: Path, steps: int) -> dict | None:
+    """The scores of a run that already completed ``steps`` steps (from its metrics.jsonl), else None."""
+    try:
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    ended = any(e.get("event") == "train_end" and e.get("status") == "completed" and e.get("step") == steps
+                for e in events)
+    psnr = [m for m in metrics if "eval/psnr" in m]
+    if not ended or not psnr or psnr[-1]["step"] != steps:
+        return None
+    return {"psnr": psnr[-1]["eval/psnr"], "psnr_identity": psnr[-1]["eval/psnr_identity"],
+            "psnr_before": psnr[0]["eval/psnr"] if psnr[0]["step"] == 0 else None}
 
 
 def translated_features(row: dict, inception, size: int):
@@ -162,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--paintings", type=int, default=30)
     p.add_argument("--demo-size", type=int, default=40)
     p.add_argument("--parallel", type=int, default=2, help="training processes at once (one thread each)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the scores of runs in --out that already completed --steps steps (resume a table)")
     p.add_argument("--no-fid", action="store_true", help="PSNR only (no Inception)")
     p.add_argument("--quick", action="store_true", help="1 seed, the strokes style, resnet9-small, 40 steps")
     args = p.parse_args(argv)
@@ -177,8 +198,9 @@ def main(argv=None) -> int:
         for i, row in enumerate(pool.map(lambda j: run_one(args.out, *j, args), jobs), 1):
             row["steps"] = args.steps
             rows.append(row)
+            took = "reused" if row.get("reused") else f"{row['seconds']:.0f} s"
             print(f"[{i}/{len(jobs)}] {row['style']} {row['model']} {row['setting']} seed {row['seed']}: "
-                  f"PSNR {row['psnr']:.2f} dB ({row['seconds']:.0f} s)", flush=True)
+                  f"PSNR {row['psnr']:.2f} dB ({took})", flush=True)
     if not args.no_fid:
         from cyclegan_dist.eval.fid import compute_fid_mifid
         from cyclegan_dist.eval.inception import InceptionFeatures
