@@ -7,8 +7,8 @@ Three arms, the same config, models, seed and data loader (``setup_data(config).
   inside the timed window;
 * ``bare-ref``: a bare loop of the reference step (``benchmarks.reference_step``: plain Adam steps, no
   Accelerate, no logging): ``batch = next(loader); model.set_input(...); model.optimize_parameters()``;
-* ``bare-step``: the same bare loop around our ``train_step`` with plain parts (no Accelerate), to split the
-  overhead into "the step" and "the loop".
+* ``bare-step``: the same bare loop around our ``train_step`` with plain parts (no Accelerate; the loop's own
+  Adam, fused where torch has it), to split the overhead into "the step" and "the loop".
 
 What is timed, honestly: the loop's own per-step time in steady state, from the entry of step ``warmup`` to the
 entry of step ``warmup + window`` (a multiple of the logging period, so the window holds exactly
@@ -157,6 +157,7 @@ def make_ref_step(config):
 
 def make_our_bare_step(config):
     from cyclegan_dist.image_pool import ImagePool
+    from cyclegan_dist.train.build import adam
     from cyclegan_dist.train.modules import build_pairs
     from cyclegan_dist.train.step import StepParts, train_step
 
@@ -165,8 +166,10 @@ def make_our_bare_step(config):
         gens, discs = build_pairs(config.model, config.seed)
         gens.to(device)
         discs.to(device)
-        parts = StepParts(gens, discs, discs, torch.optim.Adam(gens.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)),
-                          torch.optim.Adam(discs.parameters(), lr=t.lr, betas=(t.beta1, t.beta2)),
+        # the loop's own Adam (fused where torch has it): the same step function as ours, so ours - bare-step
+        # is the loop's cost alone
+        parts = StepParts(gens, discs, discs, adam(gens.parameters(), t, t.lr, device.type),
+                          adam(discs.parameters(), t, t.lr, device.type),
                           ImagePool(config.loss.pool_size, seed=0), ImagePool(config.loss.pool_size, seed=1),
                           config.loss)
 
@@ -349,8 +352,9 @@ def main(argv=None) -> int:
         notes.append(f"fixed cost of the loop per step (ours - bare-step, the same step function): {cost:.0f} us "
                      f"(range {min(fixed):.0f}..{max(fixed):.0f}); ours - bare-ref: {beyond_ref:.0f} us")
         noise = (max(fixed) - min(fixed)) / 2
-        verdict = ("NOT RESOLVED: the repetitions disagree by more than the goal (a loaded machine?)" if noise > 500
-                   else "MET" if cost <= 100 else "NOT MET")
+        # every repetition above the goal: not met; every one within it: met; else the noise decides nothing
+        verdict = ("NOT MET" if min(fixed) > 100 else "MET" if max(fixed) <= 100 else
+                   "NOT RESOLVED: the repetitions straddle the goal (a loaded machine?)")
         notes.append(f"goal loop fixed cost <= 100 us per step: {verdict} ({cost:.0f} us, +-{noise:.0f} us)")
     else:
         ok = ours.median <= 1.03

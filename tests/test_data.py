@@ -302,8 +302,14 @@ def test_loader_worker_count_invariance_and_exact_resume(shard_root):
     assert torch.equal(state, torch.random.get_rng_state())  # the global torch RNG is not consumed
     b2 = _take(make_loader(ds, 3, num_workers=2), 5)
     resumed = _take(make_loader(ds, 3, start_sample=2 * 3, num_workers=0), 3)
-    for x, y in zip(b0, b2):
-        assert x["A_key"] == y["A_key"] and torch.equal(x["A"], y["A"]) and torch.equal(x["B"], y["B"])
+    for x, y in zip(b0, b2):  # workers hand numpy over (cyclegan_dist.data.batches): the same dict of tensors
+        assert x.keys() == y.keys()
+        for key, value in x.items():
+            if isinstance(value, torch.Tensor):
+                assert isinstance(y[key], torch.Tensor) and y[key].dtype == value.dtype, key
+                assert torch.equal(value, y[key]), key
+            else:
+                assert value == y[key], key
     for x, y in zip(b0[2:], resumed):
         assert x["A_key"] == y["A_key"] and x["B_key"] == y["B_key"] and torch.equal(x["A"], y["A"])
     assert b0[0]["A"].shape == (3, 3, 32, 32) and b0[0]["skipped"].tolist() == [0, 0, 0]
@@ -411,3 +417,22 @@ def test_kaggle_tfrec_layout(tmp_path, caplog):
     (k / "monet_tfrec" / "bad.tfrec").write_bytes(b"\x05" * 40)
     with pytest.raises(UserError, match="bad.tfrec"):
         list(kaggle_sources(k)["monet"])
+
+
+def test_worker_batches_collate_like_default_collate(shard_root):
+    """collate_arrays(...).tensors() is default_collate(...) exactly: keys, dtypes, shapes, values."""
+    from torch.utils.data import default_collate
+
+    from cyclegan_dist.data.batches import ArrayBatch, collate_arrays
+
+    ds = UnpairedShardDataset(shard_root, load_size=36, crop_size=32)
+    samples = [ds[k] for k in range(4)]
+    ours, expected = collate_arrays(samples), default_collate(samples)
+    assert isinstance(ours, ArrayBatch) and not any(isinstance(v, torch.Tensor) for v in ours.fields.values())
+    got = ours.tensors()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key

@@ -42,6 +42,8 @@ LONG = [f"train.steps={STEPS}", "train.checkpoint_every=10", *TINY]  # ~0.5 s a 
 SHORT = ["train.steps=6", "train.checkpoint_every=3", *TINY]
 JOB_TIMEOUT = 400
 FINAL = f"step-{STEPS:08d}"
+# one xdist worker runs the module: one set of jobs (the module fixture), in parallel with the "slurm" group
+pytestmark = [pytest.mark.xdist_group("multinode")]
 
 
 def job_env() -> dict[str, str]:

@@ -34,11 +34,13 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cyclegan_dist.data.batches import TensorBatches, collate_arrays
 from cyclegan_dist.data.shards import PREPARE_HINT, read_index, shard_list, verify_shard
 from cyclegan_dist.data.transforms import eval_image, train_crop
 from cyclegan_dist.errors import UserError
@@ -181,24 +183,30 @@ class InfiniteSampler(Sampler):
 
 
 def make_loader(dataset, batch_size: int, start_sample: int = 0, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """Infinite DataLoader from sample ``start_sample``; identical batches for any ``num_workers``.
+                pin_memory: bool = False) -> Iterable[dict]:
+    """Infinite stream of collated batches from sample ``start_sample``; identical batches for any
+    ``num_workers`` (dicts of tensors, as ``default_collate`` makes them).
 
     Batches are consecutive: batch i holds samples start + i*B ... start + (i+1)*B - 1. Uses its own
-    torch.Generator so creating an iterator does not consume the global torch RNG.
+    torch.Generator so creating an iterator does not consume the global torch RNG. Workers send their batches
+    as numpy arrays (:mod:`cyclegan_dist.data.batches`: a tensor's shared-memory hand-over costs more than the
+    decoding at small batches).
     """
     gen = torch.Generator()
     gen.manual_seed(int(getattr(dataset, "seed", 0)))
-    return DataLoader(
+    workers = int(num_workers)
+    loader = DataLoader(
         dataset,
         batch_size=int(batch_size),
         sampler=InfiniteSampler(start_sample),
-        num_workers=int(num_workers),
+        num_workers=workers,
+        collate_fn=collate_arrays if workers > 0 else None,
         pin_memory=pin_memory,
         drop_last=True,
-        persistent_workers=num_workers > 0,
+        persistent_workers=workers > 0,
         generator=gen,
     )
+    return TensorBatches(loader) if workers > 0 else loader
 
 
 # ------------------------------------------------------------------------------- sequential, for eval
