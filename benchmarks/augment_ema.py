@@ -77,6 +77,15 @@ def finished_run(run_dir: Path, steps: int) -> dict | None:
             "psnr_before": psnr[0]["eval/psnr"] if psnr[0]["step"] == 0 else None}
 
 
+def previous_fids(out: Path) -> dict[str, float]:
+    """run_dir -> FID from an earlier results.json in ``out`` (for --reuse)."""
+    try:
+        rows = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {r["run_dir"]: r["fid"] for r in rows if r.get("fid") is not None}
+
+
 def translated_features(row: dict, inception, size: int):
     """Inception features of the held-out photos translated by the run's generator (EMA when it kept one)."""
     import torch
@@ -208,7 +217,11 @@ def main(argv=None) -> int:
         inception = InceptionFeatures(batch_size=32)
         paintings = {style: painting_features(style, args, inception, args.demo_size)
                      for style in args.styles.split(",")}
+        known = previous_fids(args.out) if args.reuse else {}
         for row in rows:
+            if row.get("reused") and row["run_dir"] in known:  # the same weights: the same FID
+                row["fid"] = known[row["run_dir"]]
+                continue
             scores = compute_fid_mifid(translated_features(row, inception, args.demo_size), paintings[row["style"]])
             row["fid"] = scores["fid"]
     table, verdicts = summarize(rows)

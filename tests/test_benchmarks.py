@@ -19,7 +19,7 @@ def table(stdout: str, first_header: str) -> tuple[list[str], list[list[str]]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header}"))
     split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
     headers = split(lines[start])
-    assert set(lines[start + 1]) <= set("|-"), lines[start + 1]
+    assert set(lines[start + 1]) <= set("|-:"), lines[start + 1]  # ":" aligns a column
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -127,3 +127,19 @@ def test_gpu_script_quick_on_cpu(tmp_path):
     quality = json.loads((tmp_path / "out" / "quality.json").read_text())["rows"]
     assert [r["variant"] for r in quality] == ["fp32", "bf16+cl"] and all(r["psnr_after"] > 0 for r in quality)
     assert not (ROOT / "benchmarks" / "RESULTS.md").read_text().count(str(tmp_path))  # --quick never writes there
+
+
+def test_augment_ema_table_and_reuse(tmp_path):
+    """benchmarks.augment_ema end to end at a tiny size (real CLI runs, no Inception): one row per setting, the
+    goal verdict and the grid; a second call with --reuse trains nothing and gives the same scores."""
+    args = ["--out", tmp_path, "--seeds", "0", "--styles", "strokes", "--models", "resnet9-small", "--steps", "4",
+            "--photos", "40", "--paintings", "8", "--no-fid"]
+    first = bench("benchmarks.augment_ema", *args)
+    headers, rows = table(first.stdout, "style")
+    assert [r[headers.index("setting")] for r in rows] == ["reference", "diffaugment", "ema", "diffaugment+ema"]
+    assert "DiffAugment+EMA" in first.stdout and "goal >= +1 dB" in first.stdout
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    scores = {r["setting"]: r["psnr"] for r in json.loads((tmp_path / "results.json").read_text())}
+    again = bench("benchmarks.augment_ema", *args, "--reuse")
+    assert again.stdout.count("(reused)") == 4
+    assert {r["setting"]: r["psnr"] for r in json.loads((tmp_path / "results.json").read_text())} == scores

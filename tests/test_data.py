@@ -436,3 +436,26 @@ def test_worker_batches_collate_like_default_collate(shard_root):
             assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
         else:
             assert got[key] == value, key
+
+
+def test_worker_batches_are_pinned_by_the_dataloaders_pin_thread(shard_root, monkeypatch):
+    """With pin_memory the DataLoader's pinning thread calls ``ArrayBatch.pin_memory`` (its hook for custom batch
+    types) and hands on a dict of pinned tensors. Pinning needs a GPU: ``Tensor.pin_memory`` is replaced by a
+    marker here (the one mock of this file, for what this machine cannot run); the hook and the conversion are real.
+    """
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from cyclegan_dist.data.batches import collate_arrays
+
+    pinned = []
+
+    def fake_pin(self, *args, **kwargs):
+        pinned.append(self.shape)
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    ds = UnpairedShardDataset(shard_root, load_size=36, crop_size=32)
+    out = pin_memory(collate_arrays([ds[0], ds[1]]))
+    assert isinstance(out, dict) and out["A"].shape == (2, 3, 32, 32) and out["A"].dtype == torch.uint8
+    assert out["A_flip"].dtype == torch.bool and out["A_key"] == [ds[0]["A_key"], ds[1]["A_key"]]
+    assert (2, 3, 32, 32) in pinned and len(pinned) == sum(isinstance(v, torch.Tensor) for v in out.values())
