@@ -200,7 +200,12 @@ def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
              "the requeued job to start again")
     t_restart = next(e["time"] for e in events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
     # 2. killed without warning (SIGKILL to every task), requeued by hand: resumes from the last periodic checkpoint
-    wait_for(lambda: last_step(run_dir) >= 22, "the resumed run to pass step 22")
+    # the resumed attempt itself (its records come after its start) past a periodic checkpoint of its own: the
+    # USR2 stop may already lie beyond step 22 (the stop check runs every 10 steps), so attempt 1's records
+    # cannot tell (seen on a loaded machine: the kill then hit attempt 2 before it had resumed)
+    target = min(max(22, (stopped["step"] // 10 + 1) * 10 + 2), 78)
+    wait_for(lambda: any(r["time"] > t_restart and r["step"] >= target for r in read_jsonl(run_dir / "metrics.jsonl")
+                         if "loss/G" in r), f"the resumed run to pass step {target}")
     node = sh("squeue", "-h", "-j", job, "-o", "%N").strip()  # listpids reads that node's slurmd spool
     pids = [int(line.split()[0]) for line in sh("scontrol", "listpids", job, node).splitlines()[1:] if line.split()]
     tasks = [p for p in pids if "submitit.core._submit" in _cmdline(p) and "srun" not in _cmdline(p).split("\0")[0]]
