@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=2, help="training processes at once (one thread each)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the scores of runs in --out that already completed --steps steps (resume a table)")
-    p.add_argument("--no-fid", action="store_true", help="PSNR only (no Inception)")
+    p.add_argument("--no-fid", action="store_true",
+                   help="no Inception: PSNR, and with --reuse the FIDs an earlier call wrote to --out's results.json")
     p.add_argument("--quick", action="store_true", help="1 seed, the strokes style, resnet9-small, 40 steps")
     args = p.parse_args(argv)
     if args.quick:
@@ -210,6 +211,11 @@ def main(argv=None) -> int:
             took = "reused" if row.get("reused") else f"{row['seconds']:.0f} s"
             print(f"[{i}/{len(jobs)}] {row['style']} {row['model']} {row['setting']} seed {row['seed']}: "
                   f"PSNR {row['psnr']:.2f} dB ({took})", flush=True)
+    if args.no_fid and args.reuse:  # no Inception: the FIDs an earlier call measured for these weights, if any
+        known = previous_fids(args.out)
+        for row in rows:
+            if row.get("reused") and row["run_dir"] in known:
+                row["fid"] = known[row["run_dir"]]
     if not args.no_fid:
         from cyclegan_dist.eval.fid import compute_fid_mifid
         from cyclegan_dist.eval.inception import InceptionFeatures
