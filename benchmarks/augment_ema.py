@@ -211,23 +211,19 @@ def main(argv=None) -> int:
             took = "reused" if row.get("reused") else f"{row['seconds']:.0f} s"
             print(f"[{i}/{len(jobs)}] {row['style']} {row['model']} {row['setting']} seed {row['seed']}: "
                   f"PSNR {row['psnr']:.2f} dB ({took})", flush=True)
-    if args.no_fid and args.reuse:  # no Inception: the FIDs an earlier call measured for these weights, if any
-        known = previous_fids(args.out)
-        for row in rows:
-            if row.get("reused") and row["run_dir"] in known:
-                row["fid"] = known[row["run_dir"]]
-    if not args.no_fid:
+    known = previous_fids(args.out) if args.reuse else {}
+    for row in rows:  # a reused run has the weights an earlier call scored: its FID stands
+        if row.get("reused") and row["run_dir"] in known:
+            row["fid"] = known[row["run_dir"]]
+    missing = [row for row in rows if row.get("fid") is None]
+    if missing and not args.no_fid:
         from cyclegan_dist.eval.fid import compute_fid_mifid
         from cyclegan_dist.eval.inception import InceptionFeatures
 
         inception = InceptionFeatures(batch_size=32)
         paintings = {style: painting_features(style, args, inception, args.demo_size)
-                     for style in args.styles.split(",")}
-        known = previous_fids(args.out) if args.reuse else {}
-        for row in rows:
-            if row.get("reused") and row["run_dir"] in known:  # the same weights: the same FID
-                row["fid"] = known[row["run_dir"]]
-                continue
+                     for style in dict.fromkeys(row["style"] for row in missing)}
+        for row in missing:
             scores = compute_fid_mifid(translated_features(row, inception, args.demo_size), paintings[row["style"]])
             row["fid"] = scores["fid"]
     table, verdicts = summarize(rows)

@@ -288,6 +288,17 @@ def test_item_is_pure_function_of_seed_rank_k(shard_root):
     assert len({x["A_key"] for x in keys}) >= 8 and len({x["B_key"] for x in keys}) == 5
 
 
+def assert_same_batch(got: dict, expected: dict) -> None:
+    """The same collated batch: keys, tensor dtypes and values, and the non-tensor fields (lists of keys)."""
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert isinstance(got[key], torch.Tensor) and got[key].dtype == value.dtype, key
+            assert torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+
+
 def _take(loader, n):
     it = iter(loader)
     out = [next(it) for _ in range(n)]
@@ -303,13 +314,7 @@ def test_loader_worker_count_invariance_and_exact_resume(shard_root):
     b2 = _take(make_loader(ds, 3, num_workers=2), 5)
     resumed = _take(make_loader(ds, 3, start_sample=2 * 3, num_workers=0), 3)
     for x, y in zip(b0, b2):  # workers hand numpy over (cyclegan_dist.data.batches): the same dict of tensors
-        assert x.keys() == y.keys()
-        for key, value in x.items():
-            if isinstance(value, torch.Tensor):
-                assert isinstance(y[key], torch.Tensor) and y[key].dtype == value.dtype, key
-                assert torch.equal(value, y[key]), key
-            else:
-                assert value == y[key], key
+        assert_same_batch(y, x)
     for x, y in zip(b0[2:], resumed):
         assert x["A_key"] == y["A_key"] and x["B_key"] == y["B_key"] and torch.equal(x["A"], y["A"])
     assert b0[0]["A"].shape == (3, 3, 32, 32) and b0[0]["skipped"].tolist() == [0, 0, 0]
@@ -429,13 +434,7 @@ def test_worker_batches_collate_like_default_collate(shard_root):
     samples = [ds[k] for k in range(4)]
     ours, expected = collate_arrays(samples), default_collate(samples)
     assert isinstance(ours, ArrayBatch) and not any(isinstance(v, torch.Tensor) for v in ours.fields.values())
-    got = ours.tensors()
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        if isinstance(value, torch.Tensor):
-            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
-        else:
-            assert got[key] == value, key
+    assert_same_batch(ours.tensors(), expected)
 
 
 def test_worker_batches_are_pinned_by_the_dataloaders_pin_thread(shard_root, monkeypatch):
