@@ -98,7 +98,7 @@ if [ "$QUICK" = 1 ]; then
   section step-fast 20 300 -- "$PY" -m benchmarks.step --quick --threads 1 --model resnet9 --variants bf16+cl --batch 1,2 --peak-flops "$PEAK" --json "$OUT/step-fast.json"
   section loader 20 300 -- "$PY" -m benchmarks.loader --quick --threads 1 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"
   section overhead 20 300 -- "$PY" -m benchmarks.overhead --quick --threads 1 --json "$OUT/overhead.json"
-  section fixed-cost 20 300 -- "$PY" -m benchmarks.overhead --quick --fixed-cost --threads 1 --json "$OUT/fixed-cost.json"
+  section fixed-cost 20 300 -- "$PY" -m benchmarks.fixed_cost --quick --threads 1 --json "$OUT/fixed-cost.json"
   section quality 20 300 -- "$PY" -m benchmarks.train_quality --quick --json "$OUT/quality.json"
 else
   STEP=(-m benchmarks.step --size 256 --peak-flops "$PEAK")
@@ -107,7 +107,7 @@ else
   # (CUDA graphs of each network's forward and backward), against the fp32 reference step, with MFU and peak memory
   section step-fp32 60 150 -- "$PY" "${STEP[@]}" --model resnet9 --variants fp32,bf16+cl --batch 1 --reps 5 --json "$OUT/step-fp32.json"
   section step-resnet9-b8 90 240 -- "$PY" "${STEP[@]}" --model resnet9 "${FAST[@]}" --batch 8 --json "$OUT/step-fast.json"
-  section fixed-cost 40 90 -- "$PY" -m benchmarks.overhead --fixed-cost --warmup-steps 20 --window 400 --log-every 100 --reps 3 --json "$OUT/fixed-cost.json"
+  section fixed-cost 40 120 -- "$PY" -m benchmarks.fixed_cost --window 600 --reps 3 --json "$OUT/fixed-cost.json"
   # speed never bought with quality: real 256 px trainings, fp32 eager vs the fastest variant, same steps and seed
   section quality 180 300 -- "$PY" -m benchmarks.train_quality --variants fp32,bf16+cl+graphs --steps 1500 --size 256 --workers "$WORKERS" --json "$OUT/quality.json"
   section loader 45 120 -- "$PY" -m benchmarks.loader --workers "0,$WORKERS" --photos 300 --paintings 100 --large-photos 60 --large-paintings 20 --reps 3 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"

@@ -132,9 +132,9 @@ def build_ours(config) -> Ours:
     """Everything ``cyclegan_dist.train.loop.train`` does before its first step that matters for speed,
     in the same order (fresh run: no resume, one process or one rank)."""
     from cyclegan_dist.train.build import build_networks
-    from cyclegan_dist.train.guard import NonFiniteGuard
     from cyclegan_dist.train.runtime import Runtime
-    from cyclegan_dist.train.step import StepParts, train_step
+    from cyclegan_dist.train.session import new_guard, step_parts
+    from cyclegan_dist.train.step import train_step
 
     t = config.train
     rt = Runtime(t)
@@ -144,9 +144,7 @@ def build_ours(config) -> Ours:
     pool_A, pool_B, memory = nets.pool_A, nets.pool_B, nets.memory_format
     gens, discs, opt_G, opt_D = rt.prepare(nets.gens, nets.discs, nets.opt_G, nets.opt_D)
     gens_plain, discs_plain = rt.unwrap(gens), rt.unwrap(discs)
-    guard = NonFiniteGuard(device, device_skip=bool(nets.opt_G.defaults.get("fused")) and rt.scaler is None)
-    parts = StepParts(gens, discs, discs_plain, opt_G, opt_D, pool_A, pool_B, config.loss,
-                      backward=rt.acc_G.backward, autocast=rt.autocast, guard=guard.check)
+    parts = step_parts(rt, gens, discs, opt_G, opt_D, pool_A, pool_B, config.loss, new_guard(rt, nets.opt_G))
 
     def to_device(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).contiguous(memory_format=memory)

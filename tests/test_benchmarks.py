@@ -95,6 +95,19 @@ def test_overhead_quick(tmp_path):
     assert all(len(r["per_step_s"]) == 2 for r in data["rows"])  # --quick: 2 repetitions
 
 
+def test_fixed_cost_quick(tmp_path):
+    """The tiny-network loop against the bare step on the same networks; the guard timed on real parameter lists."""
+    from benchmarks.fixed_cost import HEADERS
+
+    out = bench("benchmarks.fixed_cost", "--quick", "--threads", "1", "--json", tmp_path / "fixed.json")
+    headers, rows = table(out.stdout, "arm")
+    assert headers == HEADERS and [r[0] for r in rows] == ["ours", "bare-step"]
+    assert "goal loop fixed cost <= 100 us per step:" in out.stdout and "a logging event" in out.stdout
+    data = json.loads((tmp_path / "fixed.json").read_text())
+    assert len(data["fixed_cost_reps_us"]) == 2 and data["guard"][0]["model"] == "unet_32"
+    assert data["guard"][0]["tensors"] > 4 and data["guard"][0]["us"] > 0
+
+
 def test_loader_quick(tmp_path):
     from benchmarks.loader import HEADERS
 
@@ -121,7 +134,7 @@ def test_gpu_script_quick_on_cpu(tmp_path):
     for title in ("## Training step", "## Data loading", "## Framework overhead", "## Speed and translation quality"):
         assert text.count(title) >= 1, title
     assert "FAILED" not in text and "skipped" not in text
-    assert "fixed cost of the loop per step" in text and "peak GB" in text
+    assert "## Loop fixed cost per step" in text and "goal loop fixed cost <= 100 us" in text and "peak GB" in text
     for name in ("step-fp32", "step-fast", "loader", "overhead", "fixed-cost", "quality"):
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["rows"]
     quality = json.loads((tmp_path / "out" / "quality.json").read_text())["rows"]

@@ -110,6 +110,58 @@ def test_diverging_run_warns(tmp_path):
     assert "warning" in out.stdout.lower() or "diverg" in out.stderr.lower()
 
 
+@pytest.mark.parametrize("device_skip", [False, True], ids=["host-skip", "device-skip"])
+def test_guard_skips_exactly_the_nonfinite_updates(device_skip):
+    """The guard on a real fused Adam, both ways it can skip (the CPU reads the flag on the host; CUDA lets the
+    optimizer skip on the device, exercised here on the CPU): a step with one NaN among the gradients changes no
+    weight and no Adam state (its step counter included); finite gradients pass bit-identical and are applied
+    exactly as without the guard; the count of skipped steps is right."""
+    from cyclegan_dist.train.guard import NonFiniteGuard
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+
+    guarded, plain = model(), model()
+    opt = torch.optim.Adam(guarded.parameters(), lr=0.1, fused=True)
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=0.1, fused=True)
+    guard = NonFiniteGuard(torch.device("cpu"), device_skip=device_skip)
+    grads = [torch.randn(5, *p.shape, generator=torch.Generator().manual_seed(i)) for i, p in
+             enumerate(guarded.parameters())]
+
+    def step(k: int, poison: bool) -> bool:
+        for i, p in enumerate(guarded.parameters()):
+            p.grad = grads[i][k].clone()
+        if poison:
+            next(iter(guarded.parameters())).grad[0, 1] = float("nan")
+        before = [p.grad.clone() for p in guarded.parameters()]
+        go = guard.check("G", torch.zeros(()), opt)
+        if not poison:
+            assert all(torch.equal(a, p.grad) for a, p in zip(before, guarded.parameters()))  # bit-identical
+        if go:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return go
+
+    for k, poison in enumerate([False, True, False, True, True]):
+        weights_before = [p.detach().clone() for p in guarded.parameters()]
+        state_before = {i: {n: v.clone() for n, v in s.items()} for i, s in enumerate(opt.state.values())}
+        go = step(k, poison)
+        assert go is (device_skip or not poison)
+        if poison:
+            assert all(torch.equal(a, p) for a, p in zip(weights_before, guarded.parameters())), k
+            assert all(torch.equal(v, s[n]) for i, s in enumerate(opt.state.values())
+                       for n, v in state_before.get(i, s).items()), k
+        else:  # the same update as an unguarded optimizer given the same (finite) gradients
+            for i, p in enumerate(plain.parameters()):
+                p.grad = grads[i][k].clone()
+            opt_plain.step()
+            opt_plain.zero_grad(set_to_none=True)
+            assert all(torch.equal(a, b) for a, b in zip(guarded.parameters(), plain.parameters())), k
+    assert guard.read().item() == 3
+    assert guard.read().item() == 0  # read resets
+
+
 @pytest.mark.parametrize("policy", ["stop", "skip", "rollback"])
 def test_nonfinite_steps_are_never_applied(tmp_path, policy):
     """bf16 with an LR large enough to overflow: non-finite losses/gradients appear; no NaN weight is applied or

@@ -1,10 +1,15 @@
 """The non-finite guard and the divergence monitor.
 
 **Never apply a non-finite update.** Between each backward and its optimizer step, :meth:`NonFiniteGuard.check`
-computes the total gradient norm of that optimizer's parameters; if it is not finite the step is skipped. With
-fused Adam the skip happens on the device (the optimizer's ``found_inf``, the mechanism GradScaler uses), so
-there is no host sync per step; otherwise (DeepSpeed's engine) it reads the flag. Under DDP the gradients are
-averaged before the check, so every rank takes the same decision without any extra collective.
+looks for a non-finite value in that optimizer's gradients with the op GradScaler's ``unscale_`` uses
+(``torch._amp_foreach_non_finite_check_and_unscale_`` at scale 1, which leaves finite values bit-identical): one
+multi-tensor op on the CPU and one kernel on CUDA (a total norm is one op per tensor on the CPU, plus a stack).
+If it finds one the step is skipped. On CUDA, with fused Adam, the skip happens on the device (the optimizer's
+``found_inf``, again GradScaler's mechanism), so there is no host sync per step. On the CPU the flag is read on
+the host: with no device queue to drain that costs nothing, while the device-side skip's correction of the step
+counters would be one op per parameter tensor there (torch's ``_foreach_sub_`` loops on the CPU). DeepSpeed's
+engine also reads it on the host. Under DDP the gradients are averaged before the check, so every rank takes the
+same decision without any extra collective.
 
 A finite gradient times an absurd LR can still overflow the weights themselves; the next checkpoint then refuses
 to write them (``Session.save`` checks the weights, once per checkpoint) and the run stops with the last good
@@ -22,6 +27,8 @@ times). The message names the loss terms, the steps and the ranks.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
 
 DIVERGENCE_FACTOR = 100.0
@@ -30,24 +37,48 @@ DIVERGENCE_FACTOR = 100.0
 class NonFiniteGuard:
     def __init__(self, device, device_skip: bool) -> None:
         self.device_skip = device_skip
-        self.skipped = torch.zeros((), device=device)  # optimizer steps skipped since the last read
+        self.skipped = torch.zeros((), device=device)  # device-side skips since the last read
+        self.skipped_host = 0  # host-side skips since the last read
+        self.params: dict[str, list[torch.nn.Parameter]] = {}  # per optimizer ("G", "D"): its parameters
+        self.found: dict[str, torch.Tensor] = {}  # per optimizer: 1.0 once a non-finite gradient was seen
+        self.one = torch.ones((), device=device)
 
     def check(self, name: str, loss: torch.Tensor, optimizer) -> bool:
         """StepParts.guard: False when the step must not run (host-side skip); with ``device_skip`` always True."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return True
-        bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).to(torch.float32)
-        self.skipped += bad
+        params = self.params.get(name)
+        if params is None:
+            params = self.params[name] = [p for group in optimizer.param_groups for p in group["params"]]
+            self.found[name] = torch.zeros((), device=params[0].device if params else self.one.device)
+        found = self.found[name]
         if self.device_skip:
-            getattr(optimizer, "optimizer", optimizer).found_inf = bad  # fused Adam skips on the device
+            found.zero_()  # the optimizer reads it in this step
+        grads = list(map(_GRAD, params))
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.one)
+        except TypeError:  # a parameter without a gradient in this step (or none at all)
+            grads = [g for g in grads if g is not None]
+            if not grads:
+                return True
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.one)
+        if self.device_skip:
+            self.skipped += found
+            getattr(optimizer, "optimizer", optimizer).found_inf = found  # fused Adam skips on the device
             return True
-        return not bool(bad.item())
+        if found.item():
+            found.zero_()
+            self.skipped_host += 1
+            return False
+        return True
 
     def read(self) -> torch.Tensor:
         """The skipped-step count since the last read, as a tensor to reduce with the losses (then reset)."""
-        value, self.skipped = self.skipped, torch.zeros_like(self.skipped)
+        value = self.skipped + self.skipped_host
+        self.skipped.zero_()
+        self.skipped_host = 0
         return value
+
+
+_GRAD = attrgetter("grad")
 
 
 class DivergenceMonitor:
