@@ -8,7 +8,7 @@ accumulation, logging to metrics.jsonl every ``--log-every`` steps, stop checks)
 per step, so that the loop stays within 2% of a 5 ms GPU step.
 
 On the CPU (``lockstep``, see ``benchmarks/overhead.py``) the bare step runs on *ours'* own networks, optimizers
-and pools, just before each of our steps; the figure is the median of the per-step differences over the steps
+and pools, just after each of our steps; the figure is the median of the per-step differences over the steps
 that do not log, plus each logging event's excess spread over the window. On a GPU (``runs``) whole runs are
 interleaved, bare-step with its own copy of the networks.
 
@@ -178,8 +178,8 @@ def main(argv=None) -> int:
                             "per_step_s": values})
     cost = median(fixed)
     report.extra.update(fixed_cost_us=cost, fixed_cost_reps_us=fixed, guard=guard_rows)
-    how = ("lockstep: per step, our step minus the bare step just before it; median over the steps that do not "
-           "log, plus each logging event's excess spread over the window" if mode == "lockstep" else
+    how = ("lockstep: per step, our step minus the bare step run just after it; median over the steps that do "
+           "not log, plus each logging event's excess spread over the window" if mode == "lockstep" else
            "runs interleaved: difference of the mean step times")
     notes = [f"mode {mode}: {args.reps} runs of {steps} steps, steps {start}..{end} timed "
              f"({args.window // args.log_every} logging events each); {how}; device {device.type}",
