@@ -12,6 +12,7 @@ setup(
     install_requires=[
         "torch>=2.3",
         "torchvision",
+        "torchcodec",          # libjpeg-turbo into CHW tensors for the loader (PIL where it cannot load)
         "accelerate>=1.0",
         "webdataset==1.0.2",
         "wids==0.1.11",        # random access into the shards (IndexedTarSamples)

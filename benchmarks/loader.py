@@ -1,11 +1,14 @@
 """``python -m benchmarks.loader``: training samples/s of our shard streams vs a folder-of-JPEGs loader.
 
 Ours: ``UnpairedShardDataset`` + ``make_loader`` over WebDataset shards written by ``prepare_shards(...,
-resize=286)`` (shorter side 286 at prepare time), then per sample: decode, resize to 286x286, random crop 256,
-flip, to tensor. Reference: ``ReferenceUnalignedDataset`` below, the junyanz ``UnalignedDataset`` (PIL open of the
-original JPEG files in trainA/ and trainB/, ``Resize([286, 286], BICUBIC)``, ``RandomCrop(256)``,
-``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``; a random unaligned B index) in a plain ``DataLoader``.
-Same batch size, same number of workers, same output (two 3x256x256 tensors in [-1, 1] per sample).
+resize=286, format=raw|jpeg)`` (shorter side 286 at prepare time; raw = uncompressed PPM, the default, or JPEG),
+then per sample: decode (raw: none), resize to 286x286 (a no-op for square images), random crop 256, uint8 tensor
+and a flip flag (the flip and the scaling to [-1, 1] happen on the device, in the training step, by design).
+Reference: ``ReferenceUnalignedDataset`` below, the junyanz ``UnalignedDataset`` (PIL open of the original JPEG
+files in trainA/ and trainB/, ``Resize([286, 286], BICUBIC)``, ``RandomCrop(256)``, ``RandomHorizontalFlip``,
+``ToTensor``, ``Normalize``; a random unaligned B index) in a plain ``DataLoader``.
+Same batch size, same number of workers, the same crops (ours as uint8 + flip flag, the reference's as float32 in
+[-1, 1]: the reference does the scaling and the flip on the CPU).
 
 Data sets (built once under ``--data-dir`` from real photos shipped in pip packages, no download):
 
@@ -49,6 +52,7 @@ from benchmarks.common import (
 
 TARGET_FLOPS_PER_SAMPLE = 1.9e12  # one 256x256 ResNet-9 step with the identity loss (benchmarks.step measures it)
 TARGET_MFU, H100_PEAK = 0.35, 989e12
+FORMATS = ("raw", "jpeg")  # prepare --format
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 # ------------------------------------------------------------------------------------- the reference loader
@@ -114,7 +118,7 @@ def build_dataset(root: Path, kind: str, n_photos: int, n_paintings: int, sizes:
     from cyclegan_dist.data.demo import _source_images  # the real photos that ship inside pip packages
     from cyclegan_dist.data.prepare import prepare_shards
 
-    params = {"version": 1, "kind": kind, "photos": n_photos, "paintings": n_paintings, "sizes": list(sizes),
+    params = {"version": 2, "kind": kind, "photos": n_photos, "paintings": n_paintings, "sizes": list(sizes),
               "quality": quality, "resize": load_size}
     marker = root / "params.json"
     if marker.is_file():
@@ -138,12 +142,13 @@ def build_dataset(root: Path, kind: str, n_photos: int, n_paintings: int, sizes:
             img.save(path, format="JPEG", quality=quality)
             total_bytes += path.stat().st_size
     t1 = time.perf_counter()
-    prepare_shards({"photo": root / "trainA", "monet": root / "trainB"}, root / "shards", shard_size=500,
-                   resize=load_size, progress=False, overwrite=True, timestamp=False)
-    t2 = time.perf_counter()
-    params.update({"folder_mb": round(total_bytes / 2**20, 1), "write_s": round(t1 - t0, 1),
-                   "prepare_s": round(t2 - t1, 1),
-                   "shard_mb": round(sum(p.stat().st_size for p in (root / "shards").glob("*.tar")) / 2**20, 1)})
+    params.update({"folder_mb": round(total_bytes / 2**20, 1), "write_s": round(t1 - t0, 1)})
+    for shard_format in FORMATS:
+        t1, out = time.perf_counter(), root / f"shards-{shard_format}"
+        prepare_shards({"photo": root / "trainA", "monet": root / "trainB"}, out, shard_size=500,
+                       resize=load_size, progress=False, overwrite=True, timestamp=False, format=shard_format)
+        params[f"prepare_s_{shard_format}"] = round(time.perf_counter() - t1, 1)
+        params[f"shard_mb_{shard_format}"] = round(sum(p.stat().st_size for p in out.glob("*.tar")) / 2**20, 1)
     marker.write_text(json.dumps(params, indent=1))
     return params
 
@@ -182,7 +187,7 @@ def gpu_rate(args) -> tuple[float, str]:
                     "TFLOP per 256px sample)")
 
 
-HEADERS = ["data", "images", "workers", "ours samples/s", "ref samples/s", "ratio", "range", "per core: ours",
+HEADERS = ["data", "images", "shards", "workers", "ours samples/s", "ref samples/s", "ratio", "range", "per core: ours",
            "per core: ref"]
 
 
@@ -193,6 +198,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=csv(int), default=[0, min(4, os.cpu_count() or 1)],
                    help="DataLoader workers, comma-separated (default 0,min(4,cores)); 0 = one core, in-process")
     p.add_argument("--kinds", type=csv(str), default=["kaggle", "large"], help="kaggle,large")
+    p.add_argument("--formats", type=csv(str), default=list(FORMATS),
+                   help="shard formats (prepare --format), comma-separated (default raw,jpeg)")
     p.add_argument("--photos", type=int, default=1000, help="kaggle-like photos (default 1000)")
     p.add_argument("--paintings", type=int, default=300, help="kaggle-like paintings (default 300)")
     p.add_argument("--image-size", type=int, default=256, help="side of the kaggle-like images (default 256)")
@@ -214,9 +221,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     for kind in args.kinds:
         if kind not in ("kaggle", "large"):
             raise SystemExit(f"error: --kinds {kind!r} is not one of kaggle, large")
+    for shard_format in args.formats:
+        if shard_format not in FORMATS:
+            raise SystemExit(f"error: --formats {shard_format!r} is not one of {', '.join(FORMATS)}")
     if len(args.batch) != 1:
         raise SystemExit("error: give one --batch")
     return args
+
+
+def measure(ours_loader, ref_loader, batch: int, workers: int, k: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per sample of both arms, ``reps`` values each. In-process (0 workers) the arms alternate batch by
+    batch (bursts of load from other processes hit both alike; each value sums k batches); with workers, whole
+    windows of k batches alternate."""
+    drain = 2 * workers  # DataLoader prefetch_factor 2 per worker
+    fine = workers == 0
+    ours_time, ours_it = window_timer(ours_loader, batch, 1 if fine else k, drain)
+    ref_time, ref_it = window_timer(ref_loader, batch, 1 if fine else k, drain)
+    ours_time()  # warm-up: workers start, files enter the page cache
+    ref_time()
+    times = interleaved({"reference": ref_time, "ours": ours_time}, reps * (k if fine else 1))
+    if fine:
+        times = {n: [sum(v[i * k:(i + 1) * k]) / k for i in range(reps)] for n, v in times.items()}
+    del ours_it, ref_it
+    return times
 
 
 def main(argv=None) -> int:
@@ -227,7 +254,7 @@ def main(argv=None) -> int:
     batch = args.batch[0]
     report = Report("loader", f"Data loading: shard streams vs a folder-of-JPEGs loader ({args.load_size} -> "
                     f"{args.size} crop, batch {batch})", command_string("benchmarks.loader"), HEADERS)
-    per_core: dict[str, tuple[float, float, int]] = {}  # kind -> (ours, ref per core, workers of that row)
+    per_core: dict[str, tuple[float, float, int]] = {}  # "kind/format" -> (ours, ref per core, workers of the row)
     built = {}
     for kind in args.kinds:
         if kind == "kaggle":
@@ -235,82 +262,84 @@ def main(argv=None) -> int:
         else:
             n_a, n_b, sizes = args.large_photos, args.large_paintings, tuple(args.large_size)
         root = Path(args.data_dir) / kind
-        info = build_dataset(root, kind, n_a, n_b, sizes, args.quality, args.load_size)
-        built[kind] = info
-        ours_ds = UnpairedShardDataset(root / "shards", "photo", "monet", load_size=args.load_size,
-                                       crop_size=args.size, flip=True, seed=0, rank=0)
+        built[kind] = build_dataset(root, kind, n_a, n_b, sizes, args.quality, args.load_size)
         ref_ds = ReferenceUnalignedDataset(root / "trainA", root / "trainB", args.load_size, args.size)
-        k = args.samples or (100 if kind == "kaggle" else 30)
-        k = max(1, k // batch)
-        for workers in args.workers:
-            drain = 2 * workers  # DataLoader prefetch_factor 2 per worker
-            # In-process (0 workers) the arms alternate batch by batch (bursts of load from other processes hit
-            # both alike) and each repetition sums k batches per arm; with workers, whole windows alternate.
-            fine = workers == 0
-            ours_time, ours_it = window_timer(make_loader(ours_ds, batch, 0, workers), batch, 1 if fine else k, drain)
-            ref_time, ref_it = window_timer(reference_loader(ref_ds, batch, workers), batch, 1 if fine else k, drain)
-            ours_time()  # warm-up: workers start, files enter the page cache
-            ref_time()
-            times = interleaved({"reference": ref_time, "ours": ours_time}, args.reps * (k if fine else 1))
-            if fine:
-                times = {n: [sum(v[i * k:(i + 1) * k]) / k for i in range(args.reps)] for n, v in times.items()}
-            del ours_it, ref_it
-            r = Ratio.of(times["reference"], times["ours"])
-            ours_rate, ref_rate = 1 / median(times["ours"]), 1 / median(times["reference"])
-            cores = max(1, workers)
-            if kind not in per_core or workers > per_core[kind][2]:
-                # feeding uses the most workers measured (IPC of the batches included), else the main process
-                per_core[kind] = (ours_rate / cores, ref_rate / cores, workers)
-            label = f"{sizes[0]}px" if sizes[0] == sizes[1] else f"{sizes[0]}-{sizes[1]}px"
-            report.rows.append({
-                "data": kind, "images": f"{n_a}+{n_b} @ {label}", "workers": workers,
-                "ours samples/s": fmt(ours_rate, 1), "ref samples/s": fmt(ref_rate, 1),
-                "ratio": r.text(), "range": r.spread(),
-                "per core: ours": fmt(ours_rate / cores, 1), "per core: ref": fmt(ref_rate / cores, 1),
-                "ours_samples_s": ours_rate, "ref_samples_s": ref_rate, "ratio_median": r.median,
-                "ratio_low": r.low, "ratio_high": r.high,
-            })
-            print(f"[{kind} workers {workers}] ours {ours_rate:.1f}/s, reference {ref_rate:.1f}/s, ratio {r.text()} "
-                  f"({r.spread()})", flush=True)
+        k = max(1, (args.samples or (100 if kind == "kaggle" else 30)) // batch)
+        label = f"{sizes[0]}px" if sizes[0] == sizes[1] else f"{sizes[0]}-{sizes[1]}px"
+        for shard_format in args.formats:
+            ours_ds = UnpairedShardDataset(root / f"shards-{shard_format}", "photo", "monet",
+                                           load_size=args.load_size, crop_size=args.size, flip=True, seed=0, rank=0)
+            for workers in args.workers:
+                times = measure(make_loader(ours_ds, batch, 0, workers), reference_loader(ref_ds, batch, workers),
+                                batch, workers, k, args.reps)
+                r = Ratio.of(times["reference"], times["ours"])
+                ours_rate, ref_rate = 1 / median(times["ours"]), 1 / median(times["reference"])
+                cores, key = max(1, workers), f"{kind}/{shard_format}"
+                if key not in per_core or workers > per_core[key][2]:
+                    # feeding uses the most workers measured (IPC of the batches included), else the main process
+                    per_core[key] = (ours_rate / cores, ref_rate / cores, workers)
+                report.rows.append({
+                    "data": kind, "images": f"{n_a}+{n_b} @ {label}", "shards": shard_format, "workers": workers,
+                    "ours samples/s": fmt(ours_rate, 1), "ref samples/s": fmt(ref_rate, 1),
+                    "ratio": r.text(), "range": r.spread(),
+                    "per core: ours": fmt(ours_rate / cores, 1), "per core: ref": fmt(ref_rate / cores, 1),
+                    "ours_samples_s": ours_rate, "ref_samples_s": ref_rate, "ratio_median": r.median,
+                    "ratio_low": r.low, "ratio_high": r.high,
+                })
+                print(f"[{key} workers {workers}] ours {ours_rate:.1f}/s, reference {ref_rate:.1f}/s, ratio "
+                      f"{r.text()} ({r.spread()})", flush=True)
+    report.notes += notes_for(args, report.rows, built, per_core)
+    report.extra["datasets"] = built
+    if per_core:
+        rate, source = gpu_rate(args)
+        report.extra["feeding"] = {"gpu_img_s": rate, "gpu_source": source,
+                                   "node_cores": args.node_cores or os.cpu_count() or 1,
+                                   "per_core": {k: {"ours": v[0], "ref": v[1], "workers": v[2]}
+                                                for k, v in per_core.items()}}
+    report.emit(args.json_out, args.markdown)
+    return 0
+
+
+def notes_for(args, rows: list[dict], built: dict, per_core: dict) -> list[str]:
     notes = [
         f"ratio = median over {args.reps} repetitions of (reference time / our time) per sample; > 1 = ours faster. "
         "0 workers: the arms alternate batch by batch; with workers, whole windows alternate (after draining what "
         "the idle loader prefetched). A sample = one photo + one painting (two decodes and transforms).",
         "per core = samples/s divided by the workers (0 workers: the main process alone, one core, no IPC; with "
-        "workers the batches also cross processes, which at batch 1 costs more than the decoding)",
+        "workers the batches also cross processes)",
+        "shards: raw = prepare's default (uncompressed PPM: no decoding in the loader), jpeg = prepare --format jpeg "
+        "(libjpeg-turbo through torchcodec, straight into a CHW tensor)",
     ]
     for kind, info in built.items():
-        notes.append(f"{kind}: folder {info.get('folder_mb')} MB of JPEG (quality {info['quality']}), shards "
-                     f"{info.get('shard_mb')} MB after prepare --resize {info['resize']} (one-off "
-                     f"{info.get('prepare_s')} s, not counted in the table)")
+        sizes = ", ".join(f"{f} {info.get(f'shard_mb_{f}')} MB (one-off {info.get(f'prepare_s_{f}')} s)"
+                          for f in args.formats)
+        notes.append(f"{kind}: folder {info.get('folder_mb')} MB of JPEG (quality {info['quality']}); shards after "
+                     f"prepare --resize {info['resize']}: {sizes}, not counted in the table")
     for kind in built:
-        rows = [r for r in report.rows if r["data"] == kind]
-        best = min(r["ratio_median"] for r in rows)
-        notes.append(f"goal >= 3x ({kind}): {'MET' if best >= 3 else 'NOT MET'} (lowest ratio {best:.2f})")
+        for shard_format in args.formats:
+            mine = [r for r in rows if r["data"] == kind and r["shards"] == shard_format]
+            if mine:
+                best = min(r["ratio_median"] for r in mine)
+                notes.append(f"goal >= 3x ({kind}, {shard_format} shards): {'MET' if best >= 3 else 'NOT MET'} "
+                             f"(lowest ratio {best:.2f})")
     if "large" in built and "kaggle" in built:
         notes.append("why: for large photos the reference decodes and bicubic-resizes megapixel JPEGs on every "
-                     "sample; ours did that once, at prepare time (--resize). For 256px Kaggle JPEGs both decode "
-                     "about the same bytes, so the gain there is only the cheaper tensor conversion and resize")
+                     "sample; ours did that once, at prepare time (--resize). For 256px Kaggle JPEGs the reference "
+                     "decodes a JPEG and resizes 256 -> 286 per image; raw shards hold the 286 px pixels already")
     if per_core:
         rate, source = gpu_rate(args)
         cores = args.node_cores or os.cpu_count() or 1
         gpus = args.gpus_per_node
         lines = []
-        for kind, (ours_core, ref_core, workers) in per_core.items():
+        for key, (ours_core, ref_core, workers) in per_core.items():
             lines.append(
-                f"{kind} (per core from the {workers}-worker row): ours {ours_core:.1f} samples/s per core x {cores} "
-                f"cores = {ours_core * cores:.0f}/s feeds "
-                f"{ours_core * cores / rate:.1f} GPUs ({ours_core * max(cores - gpus, 0) / rate:.1f} if one core per "
-                f"GPU runs its training process); the reference loader {ref_core * cores / rate:.1f} GPUs")
+                f"{key} (per core from the {workers}-worker row): ours {ours_core:.1f} samples/s per core x {cores} "
+                f"cores = {ours_core * cores:.0f}/s feeds {ours_core * cores / rate:.1f} GPUs "
+                f"({ours_core * max(cores - gpus, 0) / rate:.1f} if one core per GPU runs its training process); "
+                f"the reference loader {ref_core * cores / rate:.1f} GPUs")
         notes.append(f"feeding: at {rate:.0f} img/s per GPU ({source}), one node's CPUs: " + "; ".join(lines)
                      + ". Per-core rates measured on this machine (a shared, loaded one gives lower rates)")
-        report.extra["feeding"] = {"gpu_img_s": rate, "gpu_source": source, "node_cores": cores,
-                                   "per_core": {k: {"ours": v[0], "ref": v[1], "workers": v[2]}
-                                                for k, v in per_core.items()}}
-    report.notes += notes
-    report.extra["datasets"] = built
-    report.emit(args.json_out, args.markdown)
-    return 0
+    return notes
 
 
 if __name__ == "__main__":

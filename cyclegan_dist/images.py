@@ -6,6 +6,9 @@
   16-bit and 32-bit grey are rescaled to 8 bits (not clipped); float grey is taken as 0..1 (or 0..255).
 * **Resize** (:func:`resize`): bicubic (PIL's, antialiased when shrinking), the reference's method, for every
   photo that enters a network (training crops, evaluation, export, reports); aspect not kept unless asked.
+* **Raw** (:func:`encode_raw`, :func:`raw_rgb`): binary PPM (``P6``), uncompressed 8-bit RGB behind a short text
+  header: the shards' default member (no decoding in the loader, no second JPEG generation); every image tool
+  reads it.
 * **JPEG** (:func:`encode_jpeg`): quality 95, chroma 4:4:4 (no subsampling: 4:2:0 smears the fine colour
   texture generators produce, ~20/255 mean error instead of ~3 on a noisy output, for ~2x the bytes).
 * **Sources** (:class:`ImageSource`): a folder (recursive), a ``.zip``, or WebDataset shards (a folder of
@@ -32,7 +35,8 @@ from PIL import Image, ImageFile, ImageOps
 from cyclegan_dist.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-SHARD_IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
+SHARD_IMAGE_FIELDS = ("ppm", "jpg", "jpeg", "png", "webp")
+_PPM_HEADER = re.compile(rb"P6[ \t\r\n]+(\d+)[ \t\r\n]+(\d+)[ \t\r\n]+255[ \t\r\n]")
 RESIZE_METHOD = "bicubic"
 JPEG_QUALITY = 95
 JPEG_SUBSAMPLING = "4:4:4"
@@ -134,6 +138,28 @@ def resize_shorter(img: Image.Image, side: int) -> Image.Image:
     w, h = img.size
     scale = side / min(w, h)
     return resize(img, (max(1, round(w * scale)), max(1, round(h * scale))))
+
+
+def encode_raw(img: Image.Image | np.ndarray) -> bytes:
+    """Uncompressed 8-bit RGB as binary PPM (``P6 W H 255`` then the H x W x 3 bytes)."""
+    if not isinstance(img, Image.Image):
+        img = from_array(img)
+    buf = io.BytesIO()
+    to_rgb(img).save(buf, format="PPM")
+    return buf.getvalue()
+
+
+def raw_rgb(data: bytes) -> np.ndarray | None:
+    """A complete 8-bit binary PPM -> its uint8 H x W x 3 pixels (a read-only view of ``data``, no copy); None
+    for anything else (other formats, comments in the header, a wrong length: :func:`decode` then decides, and a
+    truncated file raises there)."""
+    m = _PPM_HEADER.match(data, 0, 64)
+    if m is None:
+        return None
+    w, h = int(m.group(1)), int(m.group(2))
+    if len(data) - m.end() != w * h * 3 or w * h == 0:
+        return None
+    return np.frombuffer(data, np.uint8, offset=m.end()).reshape(h, w, 3)
 
 
 def encode_jpeg(img: Image.Image | np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

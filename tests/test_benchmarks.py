@@ -115,11 +115,14 @@ def test_loader_quick(tmp_path):
                 "--json", tmp_path / "loader.json")
     headers, rows = table(out.stdout, "data")
     assert headers == HEADERS
-    assert [(r[0], r[2]) for r in rows] == [("kaggle", "0"), ("kaggle", "1"), ("large", "0"), ("large", "1")]
-    assert "goal >= 3x (kaggle)" in out.stdout and "feeding: at" in out.stdout
+    assert [(r[0], r[2], r[3]) for r in rows] == [(kind, shards, workers) for kind in ("kaggle", "large")
+                                                  for shards in ("raw", "jpeg") for workers in ("0", "1")]
+    assert "goal >= 3x (kaggle, raw shards)" in out.stdout and "feeding: at" in out.stdout
     data = json.loads((tmp_path / "loader.json").read_text())
-    assert set(data["feeding"]["per_core"]) == {"kaggle", "large"}
-    assert (tmp_path / "data" / "large" / "shards" / "index.json").is_file()
+    assert set(data["feeding"]["per_core"]) == {"kaggle/raw", "kaggle/jpeg", "large/raw", "large/jpeg"}
+    for shards in ("raw", "jpeg"):
+        assert json.loads((tmp_path / "data" / "large" / f"shards-{shards}" / "index.json").read_text())[
+            "format"] == shards
 
 
 def test_gpu_script_quick_on_cpu(tmp_path):

@@ -21,6 +21,7 @@ from cyclegan_dist.data.prepare import prepare_shards
 from cyclegan_dist.data.streams import InfiniteSampler, UnpairedShardDataset, iter_domain, make_loader
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import decode as decode_rgb
+from cyclegan_dist.images import encode_raw, resize_shorter
 
 _ASTRO = None
 
@@ -72,14 +73,15 @@ def shard_root(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------ prepare
 
 
-def test_prepare_index_layout_and_resize(tmp_path):
+@pytest.mark.parametrize("fmt,ext", [("raw", "ppm"), ("jpeg", "jpg")])
+def test_prepare_index_layout_and_resize(tmp_path, fmt, ext):
     idx = prepare_shards(
         {"photo": _folder(tmp_path / "p", 7, sub=True), "monet": _folder(tmp_path / "m", 3, start=20)},
-        tmp_path / "out", shard_size=3, resize=40, progress=False,
+        tmp_path / "out", shard_size=3, resize=40, progress=False, format=fmt,
     )
     out = tmp_path / "out"
     assert json.loads((out / "index.json").read_text()) == idx
-    assert idx["version"] == 1 and idx["resize"] == 40 and idx["created"]
+    assert idx["version"] == 1 and idx["resize"] == 40 and idx["created"] and idx["format"] == fmt
     ph = idx["domains"]["photo"]
     assert ph["count"] == 7 and [s["nsamples"] for s in ph["shards"]] == [3, 3, 1]
     assert [s["url"] for s in ph["shards"]] == ["photo-000000.tar", "photo-000001.tar", "photo-000002.tar"]
@@ -87,10 +89,13 @@ def test_prepare_index_layout_and_resize(tmp_path):
     # 56x48 with the shorter side resized to 40 -> 47x40
     assert ph["min_size"] == [47, 40] and ph["max_size"] == [47, 40]
     files = _read_tar(out / "photo-000000.tar")
-    assert list(files) == ["img000.jpg", "img002.jpg", "img004.jpg"]  # sorted walk: top-level files first
-    assert "sub__img001.jpg" in _read_tar(out / "photo-000001.tar")  # keys from relative paths, no dots
-    img = decode_rgb(files["img000.jpg"])
+    assert list(files) == [f"img000.{ext}", f"img002.{ext}", f"img004.{ext}"]  # sorted walk: top-level files first
+    assert f"sub__img001.{ext}" in _read_tar(out / "photo-000001.tar")  # keys from relative paths, no dots
+    img = decode_rgb(files[f"img000.{ext}"])
     assert img.mode == "RGB" and img.size == (47, 40)
+    if fmt == "raw":  # lossless: exactly the resized source
+        source = resize_shorter(decode_rgb((tmp_path / "p" / "img000.jpg").read_bytes()), 40)
+        assert np.array_equal(np.asarray(img), np.asarray(source))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out", "p"]  # no temp dirs left behind
 
 
@@ -121,13 +126,13 @@ def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
     assert "skipped 2 unreadable" in text and "corrupt.jpg" in text and "truncated.jpg" in text
     assert "skipped 1 image(s) smaller than min_size=16" in text and "first: tiny.png" in text
     files = _read_tar(tmp_path / "out" / "photo-000000.tar")
-    assert set(files) == ({f"img00{i}.jpg" for i in range(3)}
-                          | {"gray.jpg", "rgba.jpg", "cmyk.jpg", "pal.jpg", "g16.jpg"})
+    assert set(files) == ({f"img00{i}.ppm" for i in range(3)}
+                          | {"gray.ppm", "rgba.ppm", "cmyk.ppm", "pal.ppm", "g16.ppm"})
     for data in files.values():
         assert Image.open(io.BytesIO(data)).mode == "RGB"
-    g = np.asarray(decode_rgb(files["g16.jpg"]), np.float64)
+    g = np.asarray(decode_rgb(files["g16.ppm"]), np.float64)
     assert abs(g.mean() - 127.5) < 4 and g[0, 0, 0] < 10 and g[-1, -1, 0] > 245  # rescaled, not clipped
-    a = np.asarray(decode_rgb(files["rgba.jpg"]), np.float64)
+    a = np.asarray(decode_rgb(files["rgba.ppm"]), np.float64)
     assert a[:, :20].mean() > 250  # transparent half is white
 
 
@@ -364,6 +369,45 @@ def test_transforms_roundtrip_and_reference_semantics():
     assert torch.equal(normalize(eval_image(img, 24)[None])[0], reference(img))  # bit-identical to torchvision
 
 
+
+@pytest.mark.parametrize("flavour", ["raw", "4:2:0", "4:4:4", "4:2:2", "progressive", "exif-rotated", "grey",
+                                     "cmyk", "png"])
+def test_fast_decoder_gives_the_pixels_of_the_pil_decoder(flavour):
+    """``decode_chw`` (raw PPM read as it is, libjpeg-turbo through torchcodec for 3-channel JPEGs, PIL for the
+    rest) yields exactly the pixels of ``images.decode`` (the one RGB policy), and refuses a truncated file as the
+    strict PIL path does."""
+    from cyclegan_dist.data.transforms import _jpeg_decoder, decode_chw, uint8_chw
+
+    assert _jpeg_decoder() is not None, "torchcodec (an install requirement) did not load: the fast path is untested"
+    img = Image.fromarray(_photo(5, 61, 83))
+    buf = io.BytesIO()
+    if flavour == "raw":
+        buf.write(encode_raw(img))
+    elif flavour in ("4:2:0", "4:4:4", "4:2:2"):
+        img.save(buf, "JPEG", quality=90, subsampling=flavour)
+    elif flavour == "progressive":
+        img.save(buf, "JPEG", quality=90, progressive=True)
+    elif flavour == "exif-rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to show upright
+        img.save(buf, "JPEG", quality=90, exif=exif)
+    elif flavour == "grey":
+        img.convert("L").save(buf, "JPEG", quality=90)
+    elif flavour == "cmyk":
+        img.convert("CMYK").save(buf, "JPEG", quality=90)
+    else:
+        img.save(buf, "PNG")
+    data = buf.getvalue()
+    fast, pil = decode_chw(data), uint8_chw(decode_rgb(data))
+    assert fast.dtype == torch.uint8 and fast.shape == pil.shape and torch.equal(fast, pil)
+    if flavour == "exif-rotated":
+        assert fast.shape == (3, 83, 61)  # turned upright
+    if flavour == "raw":
+        assert np.array_equal(fast.permute(1, 2, 0).numpy(), np.asarray(img))  # lossless
+    with pytest.raises(Exception):
+        decode_chw(data[: len(data) * 2 // 3])
+
+
 # ------------------------------------------------------------------------------------------ Kaggle
 
 
@@ -398,7 +442,7 @@ def test_kaggle_jpg_layout_preferred_with_warnings(tmp_path, caplog):
     assert {d: v["count"] for d, v in idx["domains"].items()} == {"photo": 4, "monet": 3}
     assert "has 3 JPEGs, the competition has 300" in caplog.text and "the competition has 7038" in caplog.text
     assert "1 image(s)" in caplog.text and "not 256x256" in caplog.text
-    assert sorted(_read_tar(tmp_path / "o" / "monet-000000.tar")) == ["0064.jpg", "0065.jpg", "0066.jpg"]
+    assert sorted(_read_tar(tmp_path / "o" / "monet-000000.tar")) == ["0064.ppm", "0065.ppm", "0066.ppm"]
 
 
 # tfrecord leaks the file of a bad record
@@ -416,7 +460,7 @@ def test_kaggle_tfrec_layout(tmp_path, caplog):
         idx = prepare_shards({"photo": src["photo"], "monet": src["monet"]}, tmp_path / "o", progress=False)
     assert idx["domains"]["photo"]["count"] == 5 and idx["domains"]["monet"]["count"] == 2
     assert "found 5 images" in caplog.text and "found 2 images" in caplog.text
-    assert sorted(_read_tar(tmp_path / "o" / "photo-000000.tar")) == [f"p{i}.jpg" for i in range(5)]
+    assert sorted(_read_tar(tmp_path / "o" / "photo-000000.tar")) == [f"p{i}.ppm" for i in range(5)]
     with pytest.raises(UserError, match="photo_jpg .*gan-getting-started"):
         kaggle_sources(_folder(tmp_path / "notkaggle", 1))
     (k / "monet_tfrec" / "bad.tfrec").write_bytes(b"\x05" * 40)

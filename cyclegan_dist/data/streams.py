@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cyclegan_dist.data.batches import TensorBatches, collate_arrays
 from cyclegan_dist.data.shards import PREPARE_HINT, read_index, shard_list, verify_shard
-from cyclegan_dist.data.transforms import eval_image, train_crop
+from cyclegan_dist.data.transforms import decode_chw, eval_image, train_crop
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import decode, iter_tar_samples, sample_image_bytes
 
@@ -140,7 +140,7 @@ class UnpairedShardDataset(Dataset):
             idx = int(item_rng(self.seed, self.rank, k, which, _PICK, attempt).integers(self.counts[which]))
             sample = self._reader(which)[idx]  # UserError if the shard cannot be opened
             try:
-                return decode(sample_image_bytes(sample)), sample["__key__"], bad
+                return decode_chw(sample_image_bytes(sample)), sample["__key__"], bad
             except Exception as e:
                 bad.append(str(sample.get("__key__")))
                 last = f"{sample.get('__key__')} in {sample.get('__shard__')} ({type(e).__name__}: {e})"

@@ -15,13 +15,18 @@ reference ``get_params``: crop x, crop y, then flip.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan_dist.images import resize
+from cyclegan_dist.images import decode, raw_rgb, resize
+
+_JPEG_SOI = b"\xff\xd8"
+log = logging.getLogger(__name__)
 
 
 def uint8_chw(img: Image.Image) -> torch.Tensor:
@@ -29,18 +34,57 @@ def uint8_chw(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
 
 
-def train_crop(img: Image.Image, rng: np.random.Generator, load_size: int = 286, crop_size: int = 256,
-               flip: bool = True) -> tuple[torch.Tensor, bool]:
-    """(uint8 3 x crop x crop, whether to flip it): the flip itself happens in :func:`normalize`."""
+@functools.cache
+def _jpeg_decoder():
+    """torchcodec's libjpeg-turbo ``decode_jpeg`` (bytes -> CHW tensor), or None where it cannot load (a torch it
+    was not built for): then PIL decodes everything."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except Exception as e:  # noqa: BLE001 - ImportError, or OSError/RuntimeError from its native library
+        log.info("torchcodec unavailable (%s: %s): JPEGs are decoded by PIL", type(e).__name__, e)
+        return None
+    return decode_jpeg
+
+
+def decode_chw(data: bytes) -> torch.Tensor:
+    """Encoded image bytes -> upright RGB uint8 tensor 3 x H x W, by the RGB policy of :func:`images.decode`.
+
+    A 3-channel JPEG (what ``prepare`` writes) is decoded by torchcodec's libjpeg-turbo straight into a CHW tensor:
+    the same pixels as PIL's decoder (tested; EXIF orientation applied), without PIL's HWC image and the
+    transposing copy; it raises on truncated data as the strict PIL path does. A raw PPM (the shards' default) is
+    a CHW view of a copy of its bytes. Anything else (grey, CMYK, PNG, WebP, or no torchcodec) goes through
+    :func:`images.decode`."""
+    pixels = raw_rgb(data)
+    if pixels is not None:
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # copy: writable memory for torch, no warning
+    decoder = _jpeg_decoder() if data[:2] == _JPEG_SOI else None
+    if decoder is not None:
+        try:
+            out = decoder(data, mode="UNCHANGED")
+        except RuntimeError:
+            out = None  # damaged, or a flavour libjpeg-turbo refuses: PIL decides (and raises if damaged)
+        if out is not None and out.shape[0] == 3:
+            return out
+    return uint8_chw(decode(data))
+
+
+def train_crop(img: Image.Image | torch.Tensor, rng: np.random.Generator, load_size: int = 286,
+               crop_size: int = 256, flip: bool = True) -> tuple[torch.Tensor, bool]:
+    """(uint8 3 x crop x crop, whether to flip it) from an RGB PIL image or a uint8 3 x H x W tensor; the flip
+    itself happens in :func:`normalize`. An image not already ``load_size`` square is resized by PIL's bicubic
+    (the reference's ``Resize``); a square one is only cropped (one copy)."""
     if crop_size > load_size:
         raise ValueError(f"crop_size {crop_size} > load_size {load_size}")
-    img = resize(img, load_size)
+    if isinstance(img, Image.Image):
+        img = uint8_chw(resize(img, load_size))
+    elif tuple(img.shape[1:]) != (load_size, load_size):
+        img = uint8_chw(resize(Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB"), load_size))
     x = int(rng.integers(0, load_size - crop_size + 1))
     y = int(rng.integers(0, load_size - crop_size + 1))
     do_flip = bool(rng.random() < 0.5)
-    if crop_size != load_size:
-        img = img.crop((x, y, x + crop_size, y + crop_size))
-    return uint8_chw(img), flip and do_flip
+    if crop_size != load_size or not img.is_contiguous():  # numpy's copy: faster than torch's for a CHW view of HWC
+        img = torch.from_numpy(np.ascontiguousarray(img.numpy()[:, y:y + crop_size, x:x + crop_size]))
+    return img, flip and do_flip
 
 
 def eval_image(img: Image.Image | np.ndarray, size: int = 256) -> torch.Tensor:
