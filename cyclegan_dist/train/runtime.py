@@ -24,6 +24,7 @@ import torch
 
 from cyclegan_dist.config import TrainConfig, find_config_file
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.train.host_memory import retain_freed_memory
 
 _STOP = threading.Event()
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (each check is a host-device sync)
@@ -63,6 +64,8 @@ class Runtime:
         self.is_main = acc.is_main_process
         self.deepspeed = ds_config is not None  # ZeRO: every rank holds its own slice of the optimizer state
         self._autocast = get_mixed_precision_context_manager(acc.native_amp, acc.autocast_handler)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # no page faults for the same blocks at every step (train/host_memory.py)
 
     def autocast(self):
         """Accelerate's autocast context for this precision (``torch.autocast``, or nothing without mixed
