@@ -39,7 +39,7 @@ from benchmarks.common import (
     parse_with_quick,
     sync,
 )
-from benchmarks.overhead import StepClock, bench_config, logging_steps, paired_cost, run_bare, run_lockstep, run_ours
+from benchmarks.overhead import StepClock, bench_config, run_bare, run_lockstep, run_ours
 
 GOAL_US = 100.0
 HEADERS = ["arm", "us/step", "range", "beyond bare-step"]
@@ -69,6 +69,21 @@ def tiny_networks():
         yield
     finally:
         build.build_pairs, modules.build_pairs = saved
+
+
+def logging_steps(start: int, end: int, log_every: int) -> list[bool]:
+    """For each timed iteration of ours (start .. end-1): does it end with a logging event?"""
+    return [(i + 1) % log_every == 0 for i in range(start, end)]
+
+
+def paired_cost(ours: list[float], bare: list[float], logs: list[bool]) -> tuple[float, float]:
+    """What ours costs beyond ``bare``, from per-step differences of adjacent steps (lockstep): (a typical step:
+    their median over the steps that do not log, robust to the bursts of load that hit single steps on a shared
+    machine; a logging event: the logging steps' mean excess over that). Seconds."""
+    d = [a - b for a, b in zip(ours, bare)]
+    typical = median([x for x, log in zip(d, logs) if not log])
+    logging = [x - typical for x, log in zip(d, logs) if log]
+    return typical, sum(logging) / max(len(logging), 1)
 
 
 def guard_cost(models: list[str], device, reps: int) -> list[dict]:

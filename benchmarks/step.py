@@ -5,6 +5,9 @@ Ours: ``cyclegan_dist.train.step.train_step`` with its parts wired as ``cyclegan
 ``accelerator.prepare``, ``accelerator.autocast``, ``accelerator.backward``, the loop's ``to_device``).
 Baseline: ``benchmarks.reference_step`` (the junyanz ``optimize_parameters``, fp32 eager, no Accelerate)
 on the same networks from the same seed. Both take the same CPU batch and move it to the device each step.
+Both arms share one process, so on a CPU the reference also runs with the host-memory setting ours' ``Runtime``
+makes (``train/host_memory.py``): the ratio compares the step code; what the setting itself gains shows in a run
+with ``CYCLEGAN_KEEP_FREED_MEMORY=0`` (glibc's defaults) beside one without.
 
 A *variant* is ``PRECISION[+cl][+compile|+graphs|+autotune][+cudnn]`` (``fp32``, ``bf16+cl``, ``bf16+cl+graphs``:
 torch.compile in its default, reduce-overhead (CUDA graphs) or max-autotune mode); the baseline is
@@ -132,8 +135,8 @@ def build_ours(config) -> Ours:
     """Everything ``cyclegan_dist.train.loop.train`` does before its first step that matters for speed,
     in the same order (fresh run: no resume, one process or one rank)."""
     from cyclegan_dist.train.build import build_networks
+    from cyclegan_dist.train.parts import new_guard, step_parts
     from cyclegan_dist.train.runtime import Runtime
-    from cyclegan_dist.train.session import new_guard, step_parts
     from cyclegan_dist.train.step import train_step
 
     t = config.train

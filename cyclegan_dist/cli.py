@@ -107,11 +107,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     index = prepare_shards(domains, args.out, shard_size=args.shard_size, resize=args.resize, quality=args.quality,
                            format=args.format, progress=not args.no_progress, min_size=args.min_size,
                            overwrite=args.overwrite)
+    out = Path(args.out).expanduser()
     for name, d in index["domains"].items():
         skipped = d["skipped_corrupt"] + d["skipped_small"]
-        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s)"
+        size_mb = sum((out / sh["url"]).stat().st_size for sh in d["shards"]) / 2**20
+        print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s), {size_mb:.1f} MB ({index['format']})"
               + (f", {skipped} skipped" if skipped else ""))
-    print(f"wrote {Path(args.out).expanduser() / 'index.json'}")
+    print(f"wrote {out / 'index.json'}")
     return 0
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -180,7 +181,11 @@ def test_cli_prepare(tmp_path, capsys):
     assert args.func(args) == 0
     idx = json.loads((tmp_path / "o" / "index.json").read_text())
     assert {k: v["count"] for k, v in idx["domains"].items()} == {"photo": 3, "art": 2}
-    assert "photo: 3 images in 2 shard(s)" in capsys.readouterr().out
+    assert re.search(r"photo: 3 images in 2 shard\(s\), [0-9.]+ MB \(raw\)", capsys.readouterr().out)
+    args = parser.parse_args(["prepare", "--photos", str(tmp_path / "p"), "--paintings", str(tmp_path / "q"),
+                              "--out", str(tmp_path / "oj"), "--format", "jpeg", "--no-progress"])
+    assert args.func(args) == 0 and "MB (jpeg)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "oj" / "index.json").read_text())["format"] == "jpeg"
     args = parser.parse_args(["prepare", "--photos", str(tmp_path / "p"), "--out", str(tmp_path / "o2")])
     with pytest.raises(UserError, match="--paintings"):
         args.func(args)
@@ -235,6 +240,29 @@ def _hand_root(path: Path, photo: list[tuple[str, bytes]], monet: list[tuple[str
         index["domains"][dom] = {"count": len(items), "shards": [{"url": f"{dom}-000000.tar", "nsamples": len(items)}]}
     (path / "index.json").write_text(json.dumps(index))
     return path
+
+
+def test_raw_shards_give_exactly_the_reference_pipelines_crops(tmp_path):
+    """prepare --resize L (raw, the default) then the stream's crop = the reference's Resize([L, L], bicubic) +
+    crop + flip of the original file, pixel for pixel (square photos, as Kaggle's)."""
+    from cyclegan_dist.data.streams import _AUG, item_rng
+    from cyclegan_dist.data.transforms import normalize, to_uint8
+
+    src = tmp_path / "p"
+    src.mkdir()
+    for i in range(3):
+        (src / f"img{i}.jpg").write_bytes(_jpeg(_photo(i, 40, 40)))
+    prepare_shards({"photo": src, "monet": src}, tmp_path / "root", resize=36, progress=False)
+    ds = UnpairedShardDataset(tmp_path / "root", load_size=36, crop_size=32, seed=7)
+    for k in range(6):
+        item = ds[k]
+        g = item_rng(7, 0, k, 0, _AUG)
+        x, y, flip = int(g.integers(0, 5)), int(g.integers(0, 5)), bool(g.random() < 0.5)
+        original = decode_rgb((src / f"{item['A_key']}.jpg").read_bytes())
+        ref = np.asarray(original.resize((36, 36), Image.BICUBIC))[y:y + 32, x:x + 32]
+        assert item["A_flip"] == flip
+        got = to_uint8(normalize(item["A"][None], torch.tensor([item["A_flip"]])))[0]
+        assert np.array_equal(got, ref[:, ::-1] if flip else ref)
 
 
 def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, caplog):

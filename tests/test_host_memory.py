@@ -33,7 +33,8 @@ PROBE = textwrap.dedent("""
 
 
 def _probe(extra_env: dict | None = None) -> tuple[bool, float, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "CYCLEGAN_KEEP_FREED_MEMORY")}
     env.update(extra_env or {})
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -48,6 +49,7 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert kept < default / 20  # kept in the heap: reused as it is
 
 
-def test_a_users_own_malloc_settings_win():
-    applied, default, kept = _probe({"MALLOC_TRIM_THRESHOLD_": "131072"})
+@pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "131072"}, {"CYCLEGAN_KEEP_FREED_MEMORY": "0"}])
+def test_a_users_own_malloc_settings_win(env):
+    applied, default, kept = _probe(env)
     assert not applied and kept > default / 2  # left as the user set it: still faulting

@@ -1,13 +1,15 @@
 """Shard root layout and ``index.json`` (no torch import here; images are decoded by ``cyclegan_dist.images``).
 
 A shard root holds, per domain, WebDataset tars ``<domain>-000000.tar, <domain>-000001.tar, ...`` whose
-samples are ``{__key__, jpg}`` (RGB JPEG bytes), plus ``index.json``::
+samples are ``{__key__, ppm}`` (raw 8-bit RGB, ``prepare --format raw``, the default) or ``{__key__, jpg}``
+(RGB JPEG, ``--format jpeg``), plus ``index.json``::
 
     {"version": 1,
      "domains": {"photo": {"count": N, "shards": [{"url": "photo-000000.tar", "nsamples": n}, ...],
                            "min_size": [w, h], "max_size": [w, h], "skipped_corrupt": c, "skipped_small": s},
                  ...},
-     "resize": 286 | null, "created": "2024-...Z" | null}
+     "resize": 286 | null, "format": "raw" | "jpeg" (absent in roots written before it: jpeg),
+     "created": "2024-...Z" | null}
 
 ``url`` is relative to the root. Everything that reads a root goes through :func:`read_index` and
 :func:`shard_list`, which turn a missing/damaged root into a :class:`UserError` that says to run

@@ -11,8 +11,9 @@ Adam allocates and frees temporaries that fused Adam does not), which was the U-
 
 :func:`retain_freed_memory` raises glibc's mmap threshold to 1 GiB and its trim threshold to 2 GiB
 (``mallopt``), so the blocks stay in the heap and are reused: the process keeps its peak footprint (that of one
-step) instead of returning it. A user's own ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings win; elsewhere than glibc
-it does nothing. GPU training needs none of it (the CUDA caching allocator already keeps its blocks).
+step) instead of returning it. A user's own ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings win, and
+``CYCLEGAN_KEEP_FREED_MEMORY=0`` leaves glibc's defaults (to measure the difference); elsewhere than glibc it does
+nothing. GPU training needs none of it (the CUDA caching allocator already keeps its blocks).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 2**30
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # a C int
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+OPT_OUT = "CYCLEGAN_KEEP_FREED_MEMORY"  # "0": glibc's defaults
 
 
 def retain_freed_memory() -> bool:
     """Apply the settings above once per process; True when glibc took them."""
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in USER_SETTINGS):
+    if (not sys.platform.startswith("linux") or any(k in os.environ for k in USER_SETTINGS)
+            or os.environ.get(OPT_OUT) == "0"):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -27,66 +27,16 @@ from cyclegan_dist.train.build import build_networks
 from cyclegan_dist.train.data_setup import setup_data
 from cyclegan_dist.train.ema import GeneratorEMA
 from cyclegan_dist.train.evaluation import EvaluationFailed, TrainingEvaluator
-from cyclegan_dist.train.guard import DivergenceMonitor, NonFiniteGuard
+from cyclegan_dist.train.guard import DivergenceMonitor
+from cyclegan_dist.train.parts import new_guard, step_parts
 from cyclegan_dist.train.progress import Progress
 from cyclegan_dist.train.runtime import Runtime, peak_memory_gb
 from cyclegan_dist.train.schedule import Schedule, set_lr
 from cyclegan_dist.train.state import TrainState, new_id
-from cyclegan_dist.train.step import StepParts, train_step
+from cyclegan_dist.train.step import train_step
+from cyclegan_dist.train.window import Window
 
 log = logging.getLogger("cyclegan_dist.train")
-
-
-class Window:
-    """Loss sums of the current logging period. On a GPU they stay on the device (one stack and one add per step,
-    no host sync until the period ends); on the CPU, where reading a value costs nothing (there is no queue to
-    drain), they are summed as Python floats (~0.3 us per term instead of ~15 us for the two ops)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.on_host = device.type == "cpu"
-        self.names: list[str] = []
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: list[float] | torch.Tensor | None = None
-        self.steps, self.skipped_samples, self.start = 0, 0, time.perf_counter()
-        self.skipped_keys: list[str] = []
-
-    def add(self, losses: dict[str, torch.Tensor], skipped: torch.Tensor, keys: list[str] = ()) -> None:
-        if not self.names:
-            self.names = list(losses)
-        values = list(map(losses.__getitem__, self.names))
-        if self.on_host:
-            sums = self.sums or [0.0] * len(values)
-            self.sums = [total + value.item() for total, value in zip(sums, values)]
-        else:
-            stacked = torch.stack(values).float()
-            self.sums = stacked if self.sums is None else self.sums.add_(stacked)
-        self.steps += 1
-        if any(keys):  # a batch with skipped samples names them (the loader's keys are never empty)
-            self.skipped_samples += int(skipped.sum())
-            self.skipped_keys += [k for ks in keys if ks for k in ks.split(",")][: max(0, 5 - len(self.skipped_keys))]
-
-    def total(self, device: torch.device) -> torch.Tensor:
-        """Per name, the sum over the period's steps (float32, on ``device``)."""
-        if self.on_host:
-            return torch.tensor(self.sums, dtype=torch.float32, device=device)
-        return self.sums
-
-
-def new_guard(rt: Runtime, optimizer: torch.optim.Optimizer) -> NonFiniteGuard:
-    """The non-finite guard; it skips on the device with fused Adam on CUDA (see ``train/guard.py``)."""
-    fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
-    return NonFiniteGuard(rt.device, device_skip=fused and rt.scaler is None and rt.device.type == "cuda")
-
-
-def step_parts(rt: Runtime, gens, discs, opt_G, opt_D, pool_A, pool_B, loss, guard: NonFiniteGuard, *,
-               augment=None, after_G=None) -> StepParts:
-    """What ``train_step`` runs with, as the loop runs it (the prepared modules and optimizers; Accelerate's
-    per-step wrappers only where they do something: ``Runtime.direct_calls``)."""
-    return StepParts(gens, discs, rt.unwrap(discs), rt.stepping(opt_G), rt.stepping(opt_D), pool_A, pool_B, loss,
-                     backward=rt.backward_of(rt.acc_G), backward_D=rt.backward_of(rt.acc_D), autocast=rt.autocast,
-                     guard=guard.check, augment=augment, after_G=after_G)
 
 
 class Session:
