@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cyclegan_dist.tables import format_table
+from cyclegan_dist.train import host_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # our names -> train.mixed_precision
@@ -186,8 +187,8 @@ def machine_line(info: dict[str, Any]) -> str:
 
 
 ENV_RECORDED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CYCLEGAN_PEAK_FLOPS",
-                "CYCLEGAN_DIST_CACHE",
-                "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
+                "CYCLEGAN_DIST_CACHE", *host_memory.USER_SETTINGS, host_memory.OPT_OUT, "LD_PRELOAD",
+                "PYTORCH_CUDA_ALLOC_CONF")
 
 
 def command_string(module: str) -> str:
