@@ -110,9 +110,9 @@ else
   section fixed-cost 40 120 -- "$PY" -m benchmarks.fixed_cost --window 600 --reps 3 --json "$OUT/fixed-cost.json"
   # speed never bought with quality: real 256 px trainings, fp32 eager vs the fastest variant, same steps and seed
   section quality 180 300 -- "$PY" -m benchmarks.train_quality --variants fp32,bf16+cl+graphs --steps 1500 --size 256 --workers "$WORKERS" --json "$OUT/quality.json"
-  section loader 45 120 -- "$PY" -m benchmarks.loader --workers "0,$WORKERS" --photos 300 --paintings 100 --large-photos 60 --large-paintings 20 --reps 3 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"
-  if [ -f "$OUT/loader-data/kaggle/shards/index.json" ]; then
-    OVH_DATA=(--set data.root="$OUT/loader-data/kaggle/shards" data.domain_a=photo data.domain_b=monet)
+  section loader 60 150 -- "$PY" -m benchmarks.loader --workers "0,$WORKERS" --photos 300 --paintings 100 --large-photos 60 --large-paintings 20 --reps 3 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"
+  if [ -f "$OUT/loader-data/kaggle/shards-raw/index.json" ]; then
+    OVH_DATA=(--set data.root="$OUT/loader-data/kaggle/shards-raw" data.domain_a=photo data.domain_b=monet)
   else
     OVH_DATA=(--set data.demo_size=64)
   fi

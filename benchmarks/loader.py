@@ -49,10 +49,10 @@ from benchmarks.common import (
     median,
     parse_with_quick,
 )
+from cyclegan_dist.data.shards import SHARD_FORMATS
 
 TARGET_FLOPS_PER_SAMPLE = 1.9e12  # one 256x256 ResNet-9 step with the identity loss (benchmarks.step measures it)
 TARGET_MFU, H100_PEAK = 0.35, 989e12
-FORMATS = ("raw", "jpeg")  # prepare --format
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 # ------------------------------------------------------------------------------------- the reference loader
@@ -113,7 +113,8 @@ def _crop(src: np.ndarray, rng: np.random.Generator, w: int, h: int, painting: b
 
 def build_dataset(root: Path, kind: str, n_photos: int, n_paintings: int, sizes: tuple[int, int], quality: int,
                   load_size: int) -> dict[str, Any]:
-    """``root/trainA``, ``root/trainB`` (JPEG folders) and ``root/shards`` (prepared with --resize load_size).
+    """``root/trainA``, ``root/trainB`` (JPEG folders) and ``root/shards-raw``, ``root/shards-jpeg`` (prepared with
+    --resize load_size, one per ``SHARD_FORMATS``).
     Built once; reused while the parameters match."""
     from cyclegan_dist.data.demo import _source_images  # the real photos that ship inside pip packages
     from cyclegan_dist.data.prepare import prepare_shards
@@ -143,7 +144,7 @@ def build_dataset(root: Path, kind: str, n_photos: int, n_paintings: int, sizes:
             total_bytes += path.stat().st_size
     t1 = time.perf_counter()
     params.update({"folder_mb": round(total_bytes / 2**20, 1), "write_s": round(t1 - t0, 1)})
-    for shard_format in FORMATS:
+    for shard_format in SHARD_FORMATS:
         t1, out = time.perf_counter(), root / f"shards-{shard_format}"
         prepare_shards({"photo": root / "trainA", "monet": root / "trainB"}, out, shard_size=500,
                        resize=load_size, progress=False, overwrite=True, timestamp=False, format=shard_format)
@@ -198,7 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=csv(int), default=[0, min(4, os.cpu_count() or 1)],
                    help="DataLoader workers, comma-separated (default 0,min(4,cores)); 0 = one core, in-process")
     p.add_argument("--kinds", type=csv(str), default=["kaggle", "large"], help="kaggle,large")
-    p.add_argument("--formats", type=csv(str), default=list(FORMATS),
+    p.add_argument("--formats", type=csv(str), default=list(SHARD_FORMATS),
                    help="shard formats (prepare --format), comma-separated (default raw,jpeg)")
     p.add_argument("--photos", type=int, default=1000, help="kaggle-like photos (default 1000)")
     p.add_argument("--paintings", type=int, default=300, help="kaggle-like paintings (default 300)")
@@ -222,8 +223,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if kind not in ("kaggle", "large"):
             raise SystemExit(f"error: --kinds {kind!r} is not one of kaggle, large")
     for shard_format in args.formats:
-        if shard_format not in FORMATS:
-            raise SystemExit(f"error: --formats {shard_format!r} is not one of {', '.join(FORMATS)}")
+        if shard_format not in SHARD_FORMATS:
+            raise SystemExit(f"error: --formats {shard_format!r} is not one of {', '.join(SHARD_FORMATS)}")
     if len(args.batch) != 1:
         raise SystemExit("error: give one --batch")
     return args

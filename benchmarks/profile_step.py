@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     def signs(op: str) -> str:
         d = [o.get(op, 0.0) - r.get(op, 0.0) for r, o in zip(times["reference"], times["ours"])]
-        return "".join("+" if x > 0 else "-" for x in d)
+        return "".join("+" if x > 0 else "-" if x < 0 else "=" for x in d)
 
     diff = {op: per_step("ours", op) - per_step("reference", op) for op in ops}
     total = {name: median([sum(t.values()) for t in times[name]]) for name in arms}

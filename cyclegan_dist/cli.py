@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cyclegan_dist.data.shards import SHARD_FORMATS
 from cyclegan_dist.errors import UserError
 
 # ------------------------------------------------------------------------------------------------ train
@@ -77,10 +78,13 @@ def add_prepare(sub) -> None:
     p.add_argument("--resize", type=int, metavar="N",
                    help="resize the shorter side to N px at prepare time (286 for the reference pipeline)")
     p.add_argument("--min-size", type=int, default=0, metavar="N", help="skip images whose shorter side is < N px")
-    p.add_argument("--format", choices=("raw", "jpeg"), default="raw",
-                   help="how samples are stored: raw (uncompressed RGB: the fastest loader, no JPEG generation loss; "
-                   "~245 KB per 286 px image) or jpeg (~5x smaller, ~0.5 ms to decode per image); default raw")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images (--format jpeg; 95)")
+    p.add_argument("--format", choices=tuple(SHARD_FORMATS), default="raw",
+                   help="how samples are stored: raw (uncompressed RGB, 245 KB per 286x286 image: nothing to decode, "
+                   "no JPEG generation loss) or jpeg (~6x smaller, 2-3x slower to load: benchmarks/RESULTS.md); "
+                   "default raw")
+    p.add_argument("--quality", type=int, default=None,
+                   help="JPEG quality 1-100 of re-encoded images, with --format jpeg (default: "
+                   "cyclegan_dist.images.JPEG_QUALITY, 95)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard root at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
@@ -104,7 +108,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         domains = {names[0]: args.photos, names[1]: args.paintings}
     else:
         raise UserError("prepare needs --photos DIR and --paintings DIR (or --kaggle DIR)")
-    index = prepare_shards(domains, args.out, shard_size=args.shard_size, resize=args.resize, quality=args.quality,
+    if args.quality is not None and args.format != "jpeg":
+        raise UserError(f"--quality applies to --format jpeg only (--format is {args.format}): drop it or add "
+                        "--format jpeg")
+    index = prepare_shards(domains, args.out, shard_size=args.shard_size, resize=args.resize,
+                           quality=args.quality,
                            format=args.format, progress=not args.no_progress, min_size=args.min_size,
                            overwrite=args.overwrite)
     out = Path(args.out).expanduser()

@@ -39,6 +39,7 @@ SHARD_IMAGE_FIELDS = ("ppm", "jpg", "jpeg", "png", "webp")
 _PPM_HEADER = re.compile(rb"P6[ \t\r\n]+(\d+)[ \t\r\n]+(\d+)[ \t\r\n]+255[ \t\r\n]")
 RESIZE_METHOD = "bicubic"
 JPEG_QUALITY = 95
+JPEG_MAGIC = b"\xff\xd8\xff"  # start of image, then the first marker
 JPEG_SUBSAMPLING = "4:4:4"
 _PIL_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 

@@ -100,6 +100,23 @@ def test_prepare_index_layout_and_resize(tmp_path, fmt, ext):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out", "p"]  # no temp dirs left behind
 
 
+def test_raw_shards_of_large_unresized_photos_warn(tmp_path, caplog, monkeypatch):
+    """Raw shards store every pixel: without --resize, a large set says how big it is and what to do instead."""
+    import cyclegan_dist.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "RAW_WARN_GB", 1e-6)  # ~1 KB: the 56x48 test photos count as "large"
+    with caplog.at_level(logging.WARNING):
+        prepare_shards({"photo": _folder(tmp_path / "p", 2)}, tmp_path / "raw", progress=False)
+    assert "raw shards hold every pixel of the originals" in caplog.text and "--resize 286" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prepare_shards({"photo": tmp_path / "p"}, tmp_path / "resized", resize=40, progress=False)
+        prepare_shards({"photo": tmp_path / "p"}, tmp_path / "jpeg", format="jpeg", progress=False)
+    assert "every pixel" not in caplog.text
+    with pytest.raises(UserError, match="--format must be one of raw, jpeg"):
+        prepare_shards({"photo": tmp_path / "p"}, tmp_path / "x", format="png", progress=False)
+
+
 def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
     d = tmp_path / "mixed"
     _folder(d, 3)
@@ -186,6 +203,11 @@ def test_cli_prepare(tmp_path, capsys):
                               "--out", str(tmp_path / "oj"), "--format", "jpeg", "--no-progress"])
     assert args.func(args) == 0 and "MB (jpeg)" in capsys.readouterr().out
     assert json.loads((tmp_path / "oj" / "index.json").read_text())["format"] == "jpeg"
+    args = parser.parse_args(["prepare", "--photos", str(tmp_path / "p"), "--paintings", str(tmp_path / "q"),
+                              "--out", str(tmp_path / "oq"), "--quality", "80"])
+    with pytest.raises(UserError, match="--quality applies to --format jpeg only"):
+        args.func(args)
+    assert not (tmp_path / "oq").exists()
     args = parser.parse_args(["prepare", "--photos", str(tmp_path / "p"), "--out", str(tmp_path / "o2")])
     with pytest.raises(UserError, match="--paintings"):
         args.func(args)
@@ -397,7 +419,6 @@ def test_transforms_roundtrip_and_reference_semantics():
     assert torch.equal(normalize(eval_image(img, 24)[None])[0], reference(img))  # bit-identical to torchvision
 
 
-
 @pytest.mark.parametrize("flavour", ["raw", "4:2:0", "4:4:4", "4:2:2", "progressive", "exif-rotated", "grey",
                                      "cmyk", "png"])
 def test_fast_decoder_gives_the_pixels_of_the_pil_decoder(flavour):
@@ -428,6 +449,8 @@ def test_fast_decoder_gives_the_pixels_of_the_pil_decoder(flavour):
     data = buf.getvalue()
     fast, pil = decode_chw(data), uint8_chw(decode_rgb(data))
     assert fast.dtype == torch.uint8 and fast.shape == pil.shape and torch.equal(fast, pil)
+    if flavour not in ("raw", "grey", "cmyk", "png"):  # the fast path itself, not a fallback to PIL
+        assert torch.equal(_jpeg_decoder()(data, mode="UNCHANGED"), pil)
     if flavour == "exif-rotated":
         assert fast.shape == (3, 83, 61)  # turned upright
     if flavour == "raw":

@@ -36,7 +36,7 @@ from cyclegan_dist.images import resize
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # 2: JPEGs with 4:4:4 chroma (cyclegan_dist.images)
+DEMO_VERSION = 3  # 2: JPEGs with 4:4:4 chroma (cyclegan_dist.images); 3: raw (PPM) members, prepare's default
 DEMO_SEED = 20240601
 EVAL_PAIRS = "eval-pairs.npy"
 DOMAINS = ("photo", "painting")
@@ -190,7 +190,7 @@ def _build(out: Path, params: dict) -> None:
     prepare_shards(
         {"photo": [(f"photo_{i:05d}", a) for i, a in enumerate(photos)],
          "painting": [(f"painting_{i:05d}", a) for i, a in enumerate(paintings)]},
-        out, shard_size=200, quality=95, progress=False, workers=1, timestamp=False,
+        out, shard_size=200, progress=False, workers=1, timestamp=False,
         extra={"demo": dict(params, sources=[n for n, _ in images])},
     )
     pairs = np.stack([test, np.stack([paint(c) for c in test])])

@@ -2,8 +2,8 @@
 
 Each domain becomes ``<domain>-000000.tar, ...`` with ``shard_size`` samples per tar, each sample
 ``{__key__, ppm}`` (``format="raw"``, the default: uncompressed 8-bit RGB, read without decoding and without a
-second JPEG generation; ~245 KB for 286 x 286) or ``{__key__, jpg}`` (``format="jpeg"``: ~5x smaller, ~0.5 ms of
-decoding per image in the loader; an RGB JPEG that needs no resize keeps its original bytes).
+second JPEG generation; 245 KB for 286 x 286) or ``{__key__, jpg}`` (``format="jpeg"``: ~6x smaller, 2-3x slower
+to load, ``benchmarks/RESULTS.md``; an RGB JPEG that needs no resize keeps its original bytes).
 Keys come from the relative path (deterministic, sorted walk).
 The whole root is written in a hidden sibling temp dir and renamed into place at the end, so a crash or
 a refused re-run never leaves a half-written or corrupted shard root behind.
@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cyclegan_dist.data.shards import INDEX_NAME, INDEX_VERSION, check_domain_name, sanitize_key, shard_name
+from cyclegan_dist.data.shards import (
+    INDEX_NAME,
+    INDEX_VERSION,
+    SHARD_FORMATS,
+    check_domain_name,
+    sanitize_key,
+    shard_name,
+)
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import (
     IMAGE_EXTS,
@@ -42,8 +49,8 @@ from cyclegan_dist.images import (
 from cyclegan_dist.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
-SHARD_FORMATS = {"raw": "ppm", "jpeg": "jpg"}  # prepare's --format -> the member each sample stores
 _SHOW = 5  # how many skipped names a warning lists
+RAW_WARN_GB = 4.0  # raw shards of unresized photos beyond this: a warning naming --resize / --format jpeg
 
 
 def list_images(folder) -> list[tuple[str, Path]]:
@@ -178,6 +185,11 @@ def _write_domain(domain, source, tmp, shard_size, resize, min_size, quality, fm
             f"({len(skipped['corrupt'])} unreadable, {len(skipped['small'])} too small): check the folder"
         )
     arr = np.asarray(sizes)
+    raw_gb = float((arr[:, 0] * arr[:, 1]).sum()) * 3 / 1e9
+    if fmt == "raw" and not resize and raw_gb > RAW_WARN_GB:
+        log.warning("prepare %s: raw shards hold every pixel of the originals (%.1f GB, up to %dx%d): add --resize "
+                    "286 to store what training reads, or --format jpeg to keep the files' bytes", domain, raw_gb,
+                    int(arr[:, 0].max()), int(arr[:, 1].max()))
     return {
         "count": int(len(sizes)),
         "shards": shards,
@@ -209,7 +221,7 @@ def prepare_shards(
     out_dir,
     shard_size: int = 1000,
     resize: int | None = None,
-    quality: int = JPEG_QUALITY,
+    quality: int | None = None,
     progress: bool = True,
     *,
     format: str = "raw",
@@ -225,7 +237,7 @@ def prepare_shards(
     with payload = encoded image bytes, a PIL image, or an HxWx3 uint8 array. Corrupt/truncated images and
     images whose shorter side is below ``min_size`` are skipped and counted (one warning per domain).
     ``resize`` sets the shorter side (aspect kept, bicubic). ``format`` is ``"raw"`` (PPM) or ``"jpeg"`` (at
-    ``quality``). ``timestamp=False`` writes ``"created": null``
+    ``quality``, default :data:`images.JPEG_QUALITY`). ``timestamp=False`` writes ``"created": null``
     (byte-identical roots for identical input); ``extra`` is merged into the index.
     """
     if not isinstance(domains, dict) or not domains:
@@ -238,6 +250,7 @@ def prepare_shards(
         raise UserError(f"--resize must be a positive number of pixels, got {resize}")
     if format not in SHARD_FORMATS:
         raise UserError(f"--format must be one of {', '.join(SHARD_FORMATS)}, got {format!r}")
+    quality = JPEG_QUALITY if quality is None else quality
     if not 1 <= int(quality) <= 100:
         raise UserError(f"--quality must be in 1..100, got {quality}")
     out = Path(out_dir).expanduser().absolute()

@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.images import IMAGE_EXTS
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
+SHARD_FORMATS = {"raw": "ppm", "jpeg": "jpg"}  # prepare --format -> the member each sample stores
 PREPARE_HINT = "run `python -m cyclegan_dist prepare --photos DIR --paintings DIR --out ROOT` (or --kaggle DIR)"
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -118,6 +118,8 @@ def verify_shard(url: str, nsamples: int) -> None:
 
 def sanitize_key(name: str) -> str:
     """A WebDataset-safe key from a relative path: no dots (they split key/extension), no slashes."""
+    from cyclegan_dist.images import IMAGE_EXTS  # here: the CLI reads this module's constants at start-up
+
     p = str(name).replace("\\", "/")
     if Path(p).suffix.lower() in IMAGE_EXTS:
         p = p[: -len(Path(p).suffix)]

@@ -9,7 +9,8 @@ Why item k is a pure function of (seed, rank, k)
   (unpaired, resampled with replacement: the domains have very different sizes, 7,038 vs 300),
 * crop offsets and flip of each image from ``SeedSequence([seed, r, k, 0|1, AUG])``,
 
-and reads the two JPEGs by index through ``wids.ShardListDataset`` (random access into the tars).
+and reads the two images by index through ``wids``' ``IndexedTarSamples`` (random access into the tars; raw
+PPM members need no decoding, JPEG ones are decoded by ``transforms.decode_chw``).
 Nothing depends on what was read before, so:
 
 * **exact resume in O(1)**: after ``step`` steps of batch size B the stream continues at

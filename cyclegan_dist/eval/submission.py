@@ -21,12 +21,12 @@ from pathlib import Path
 from PIL import Image
 
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.images import JPEG_MAGIC
 from cyclegan_dist.rundir import fsync_dir, fsync_file
 
 KAGGLE_MIN, KAGGLE_MAX = 7000, 10000
 KAGGLE_SIZE = 256
 KAGGLE_NAME = "images.zip"
-JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO = multi-picture JPEG, still a JPEG stream
 
 # problem category -> how it reads in a message
