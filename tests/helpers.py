@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +86,38 @@ def tiny_shard_root(root: Path, photos: int = 12, paintings: int = 10, size: int
     prepare_shards({"photo": crops(skimage.data.astronaut(), photos, 0),
                     "monet": crops(skimage.data.coffee(), paintings, 1)}, root, shard_size=5, progress=False)
     return root
+
+
+# ------------------------------------------------------------------- small real photos, JPEGs, tars
+
+_ASTRONAUT = None
+
+
+def photo_crop(i: int, h: int = 48, w: int = 56) -> np.ndarray:
+    global _ASTRONAUT
+    if _ASTRONAUT is None:
+        import skimage.data
+
+        _ASTRONAUT = skimage.data.astronaut()
+    y, x = (i * 37) % (512 - h), (i * 53) % (512 - w)
+    return np.ascontiguousarray(_ASTRONAUT[y : y + h, x : x + w])
+
+
+def jpeg_bytes(a: np.ndarray, q: int = 90) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, "JPEG", quality=q)
+    return b.getvalue()
+
+
+def jpeg_folder(path: Path, n: int, start: int = 0, sub: bool = False) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        d = path / "sub" if sub and i % 2 else path
+        d.mkdir(exist_ok=True)
+        (d / f"img{start + i:03d}.jpg").write_bytes(jpeg_bytes(photo_crop(start + i)))
+    return path
+
+
+def read_tar(path: Path) -> dict:
+    with tarfile.open(path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers()}

@@ -1,4 +1,4 @@
-"""Data layer on real tars made here: prepare, index, bad inputs, streams (determinism, resume), Kaggle reader."""
+"""Data layer on real tars made here: prepare, index, bad inputs, streams (determinism, resume), worker batches."""
 
 from __future__ import annotations
 
@@ -22,50 +22,20 @@ from cyclegan_dist.data.prepare import prepare_shards
 from cyclegan_dist.data.streams import InfiniteSampler, UnpairedShardDataset, iter_domain, make_loader
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import decode as decode_rgb
-from cyclegan_dist.images import encode_raw, resize_shorter
+from cyclegan_dist.images import resize_shorter
 
-_ASTRO = None
-
-
-def _photo(i: int, h: int = 48, w: int = 56) -> np.ndarray:
-    global _ASTRO
-    if _ASTRO is None:
-        import skimage.data
-
-        _ASTRO = skimage.data.astronaut()
-    y, x = (i * 37) % (512 - h), (i * 53) % (512 - w)
-    return np.ascontiguousarray(_ASTRO[y : y + h, x : x + w])
-
-
-def _jpeg(a: np.ndarray, q: int = 90) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(a).save(b, "JPEG", quality=q)
-    return b.getvalue()
-
-
-def _folder(path: Path, n: int, start: int = 0, sub: bool = False) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        d = path / "sub" if sub and i % 2 else path
-        d.mkdir(exist_ok=True)
-        (d / f"img{start + i:03d}.jpg").write_bytes(_jpeg(_photo(start + i)))
-    return path
+from helpers import jpeg_bytes, jpeg_folder, photo_crop, read_tar
 
 
 def _digest(root: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
 
 
-def _read_tar(path: Path) -> dict:
-    with tarfile.open(path) as tf:
-        return {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
-
-
 @pytest.fixture(scope="module")
 def shard_root(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("shards")
     prepare_shards(
-        {"photo": _folder(base / "p", 10), "monet": _folder(base / "m", 5, start=50)},
+        {"photo": jpeg_folder(base / "p", 10), "monet": jpeg_folder(base / "m", 5, start=50)},
         base / "root", shard_size=4, progress=False,
     )
     return base / "root"
@@ -77,7 +47,7 @@ def shard_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("fmt,ext", [("raw", "ppm"), ("jpeg", "jpg")])
 def test_prepare_index_layout_and_resize(tmp_path, fmt, ext):
     idx = prepare_shards(
-        {"photo": _folder(tmp_path / "p", 7, sub=True), "monet": _folder(tmp_path / "m", 3, start=20)},
+        {"photo": jpeg_folder(tmp_path / "p", 7, sub=True), "monet": jpeg_folder(tmp_path / "m", 3, start=20)},
         tmp_path / "out", shard_size=3, resize=40, progress=False, format=fmt,
     )
     out = tmp_path / "out"
@@ -89,9 +59,9 @@ def test_prepare_index_layout_and_resize(tmp_path, fmt, ext):
     assert idx["domains"]["monet"]["count"] == 3 and len(idx["domains"]["monet"]["shards"]) == 1
     # 56x48 with the shorter side resized to 40 -> 47x40
     assert ph["min_size"] == [47, 40] and ph["max_size"] == [47, 40]
-    files = _read_tar(out / "photo-000000.tar")
+    files = read_tar(out / "photo-000000.tar")
     assert list(files) == [f"img000.{ext}", f"img002.{ext}", f"img004.{ext}"]  # sorted walk: top-level files first
-    assert f"sub__img001.{ext}" in _read_tar(out / "photo-000001.tar")  # keys from relative paths, no dots
+    assert f"sub__img001.{ext}" in read_tar(out / "photo-000001.tar")  # keys from relative paths, no dots
     img = decode_rgb(files[f"img000.{ext}"])
     assert img.mode == "RGB" and img.size == (47, 40)
     if fmt == "raw":  # lossless: exactly the resized source
@@ -106,7 +76,7 @@ def test_raw_shards_of_large_unresized_photos_warn(tmp_path, caplog, monkeypatch
 
     monkeypatch.setattr(prepare, "RAW_WARN_GB", 1e-6)  # ~1 KB: the 56x48 test photos count as "large"
     with caplog.at_level(logging.WARNING):
-        prepare_shards({"photo": _folder(tmp_path / "p", 2)}, tmp_path / "raw", progress=False)
+        prepare_shards({"photo": jpeg_folder(tmp_path / "p", 2)}, tmp_path / "raw", progress=False)
     assert "raw shards hold every pixel of the originals" in caplog.text and "--resize 286" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -119,23 +89,23 @@ def test_raw_shards_of_large_unresized_photos_warn(tmp_path, caplog, monkeypatch
 
 def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
     d = tmp_path / "mixed"
-    _folder(d, 3)
-    good = _jpeg(_photo(9))
+    jpeg_folder(d, 3)
+    good = jpeg_bytes(photo_crop(9))
     (d / "corrupt.jpg").write_bytes(b"this is not a jpeg" * 20)
     (d / "truncated.jpg").write_bytes(good[: len(good) * 6 // 10])
     (d / ".hidden.jpg").write_bytes(b"junk")  # hidden files are ignored, not counted
     (d / "notes.txt").write_text("not an image")
-    Image.fromarray(_photo(1)[..., 0], "L").save(d / "gray.png")
-    rgba = np.dstack([_photo(2), np.full((48, 56), 255, np.uint8)])
+    Image.fromarray(photo_crop(1)[..., 0], "L").save(d / "gray.png")
+    rgba = np.dstack([photo_crop(2), np.full((48, 56), 255, np.uint8)])
     rgba[:, :28, 3] = 0  # left half transparent -> composited over white
     Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
-    Image.fromarray(_photo(3)).convert("CMYK").save(d / "cmyk.jpg")
-    Image.fromarray(_photo(4)).convert("P").save(d / "pal.png")
+    Image.fromarray(photo_crop(3)).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(photo_crop(4)).convert("P").save(d / "pal.png")
     g16 = (np.linspace(0, 65535, 48 * 56).reshape(48, 56)).astype(np.uint16)
     Image.fromarray(g16).save(d / "g16.png")
     with Image.open(d / "g16.png") as im16:
         assert im16.mode == "I;16"
-    Image.fromarray(_photo(5, 8, 8)).save(d / "tiny.png")
+    Image.fromarray(photo_crop(5, 8, 8)).save(d / "tiny.png")
     with caplog.at_level(logging.WARNING):
         idx = prepare_shards({"photo": d}, tmp_path / "out", shard_size=100, min_size=16, progress=False)
     ph = idx["domains"]["photo"]
@@ -143,7 +113,7 @@ def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
     text = caplog.text
     assert "skipped 2 unreadable" in text and "corrupt.jpg" in text and "truncated.jpg" in text
     assert "skipped 1 image(s) smaller than min_size=16" in text and "first: tiny.png" in text
-    files = _read_tar(tmp_path / "out" / "photo-000000.tar")
+    files = read_tar(tmp_path / "out" / "photo-000000.tar")
     assert set(files) == ({f"img00{i}.ppm" for i in range(3)}
                           | {"gray.ppm", "rgba.ppm", "cmyk.ppm", "pal.ppm", "g16.ppm"})
     for data in files.values():
@@ -156,7 +126,7 @@ def test_prepare_bad_inputs_skipped_counted_converted(tmp_path, caplog):
 
 def test_prepare_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    good = _folder(tmp_path / "good", 2)
+    good = jpeg_folder(tmp_path / "good", 2)
     with pytest.raises(UserError, match=str(tmp_path / "empty")):
         prepare_shards({"photo": good, "monet": tmp_path / "empty"}, tmp_path / "o1", progress=False)
     with pytest.raises(UserError, match="does not exist"):
@@ -173,10 +143,10 @@ def test_prepare_folder_errors(tmp_path):
 
 def test_rerun_refuses_and_keeps_old_shards(tmp_path):
     out = tmp_path / "out"
-    prepare_shards({"photo": _folder(tmp_path / "a", 3)}, out, shard_size=2, progress=False)
+    prepare_shards({"photo": jpeg_folder(tmp_path / "a", 3)}, out, shard_size=2, progress=False)
     before = _digest(out)
     with pytest.raises(UserError, match="--overwrite"):
-        prepare_shards({"photo": _folder(tmp_path / "b", 5, start=10)}, out, shard_size=2, progress=False)
+        prepare_shards({"photo": jpeg_folder(tmp_path / "b", 5, start=10)}, out, shard_size=2, progress=False)
     assert _digest(out) == before
     idx = prepare_shards({"photo": tmp_path / "b"}, out, shard_size=2, progress=False, overwrite=True)
     assert idx["domains"]["photo"]["count"] == 5 and _digest(out) != before
@@ -192,7 +162,8 @@ def test_rerun_refuses_and_keeps_old_shards(tmp_path):
 def test_cli_prepare(tmp_path, capsys):
     parser = build_parser()
     args = parser.parse_args([
-        "prepare", "--photos", str(_folder(tmp_path / "p", 3)), "--paintings", str(_folder(tmp_path / "q", 2)),
+        "prepare", "--photos", str(jpeg_folder(tmp_path / "p", 3)),
+        "--paintings", str(jpeg_folder(tmp_path / "q", 2)),
         "--out", str(tmp_path / "o"), "--domains", "photo,art", "--shard-size", "2", "--no-progress",
     ])
     assert args.func(args) == 0
@@ -264,35 +235,12 @@ def _hand_root(path: Path, photo: list[tuple[str, bytes]], monet: list[tuple[str
     return path
 
 
-def test_raw_shards_give_exactly_the_reference_pipelines_crops(tmp_path):
-    """prepare --resize L (raw, the default) then the stream's crop = the reference's Resize([L, L], bicubic) +
-    crop + flip of the original file, pixel for pixel (square photos, as Kaggle's)."""
-    from cyclegan_dist.data.streams import _AUG, item_rng
-    from cyclegan_dist.data.transforms import normalize, to_uint8
-
-    src = tmp_path / "p"
-    src.mkdir()
-    for i in range(3):
-        (src / f"img{i}.jpg").write_bytes(_jpeg(_photo(i, 40, 40)))
-    prepare_shards({"photo": src, "monet": src}, tmp_path / "root", resize=36, progress=False)
-    ds = UnpairedShardDataset(tmp_path / "root", load_size=36, crop_size=32, seed=7)
-    for k in range(6):
-        item = ds[k]
-        g = item_rng(7, 0, k, 0, _AUG)
-        x, y, flip = int(g.integers(0, 5)), int(g.integers(0, 5)), bool(g.random() < 0.5)
-        original = decode_rgb((src / f"{item['A_key']}.jpg").read_bytes())
-        ref = np.asarray(original.resize((36, 36), Image.BICUBIC))[y:y + 32, x:x + 32]
-        assert item["A_flip"] == flip
-        got = to_uint8(normalize(item["A"][None], torch.tensor([item["A_flip"]])))[0]
-        assert np.array_equal(got, ref[:, ::-1] if flip else ref)
-
-
 def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path, caplog):
-    good = [(f"good{i}", _jpeg(_photo(i))) for i in range(3)]
-    trunc = _jpeg(_photo(7))
+    good = [(f"good{i}", jpeg_bytes(photo_crop(i))) for i in range(3)]
+    trunc = jpeg_bytes(photo_crop(7))
     bad = [("bad0", b"\x00" * 300), ("bad1", trunc[: len(trunc) // 2]), ("bad2", b"\xff\xd8garbage")]
     root = _hand_root(tmp_path / "r", good[:1] + bad[:2] + good[1:] + bad[2:],
-                      [(f"m{i}", _jpeg(_photo(30 + i))) for i in range(2)])
+                      [(f"m{i}", jpeg_bytes(photo_crop(30 + i))) for i in range(2)])
     ds = UnpairedShardDataset(root, load_size=36, crop_size=32)
     with caplog.at_level(logging.WARNING):
         items = [ds[k] for k in range(40)]
@@ -389,134 +337,6 @@ def test_iter_domain_every_image_once_across_ranks(shard_root):
         flat = [k for p in parts for k in p]
         assert sorted(flat) == sorted(all_keys) and len(flat) == len(set(flat))
         assert all(parts)
-
-
-def test_transforms_roundtrip_and_reference_semantics():
-    """Workers ship uint8 crops and a flip flag; ``normalize`` (on the device) gives exactly what the reference's
-    torchvision pipeline (Resize bicubic, crop, flip, ToTensor, Normalize(0.5, 0.5)) gives."""
-    import torchvision.transforms as T
-
-    from cyclegan_dist.data.transforms import eval_image, normalize, to_uint8, train_crop, uint8_chw
-
-    a = _photo(3, 40, 50)
-    img = Image.fromarray(a)
-    assert np.array_equal(to_uint8(normalize(uint8_chw(img)[None]))[0], a)
-    assert to_uint8(normalize(uint8_chw(img)[None])).shape == (1, 40, 50, 3)
-    (t1, f1), (t2, f2) = (train_crop(img, np.random.default_rng(3), load_size=36, crop_size=32) for _ in range(2))
-    assert torch.equal(t1, t2) and f1 == f2 and t1.shape == (3, 32, 32) and t1.dtype == torch.uint8
-    # the same crop/flip by hand: resize 36x36 bicubic, crop at the drawn (x, y), flip if drawn < 0.5
-    g = np.random.default_rng(3)
-    x, y, flip = int(g.integers(0, 5)), int(g.integers(0, 5)), bool(g.random() < 0.5)
-    ref = np.asarray(img.resize((36, 36), Image.BICUBIC))[y : y + 32, x : x + 32]
-    assert f1 == flip
-    flipped = normalize(t1[None], torch.tensor([f1]))[0]
-    assert np.array_equal(to_uint8(flipped), ref[:, ::-1] if flip else ref)
-    mirror = normalize(t1[None], torch.tensor([True]))[0]
-    assert torch.equal(mirror, normalize(t1[None])[0].flip(-1))
-    reference = T.Compose([T.Resize([24, 24], T.InterpolationMode.BICUBIC), T.ToTensor(),
-                           T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    assert eval_image(img, 24).shape == (3, 24, 24)
-    assert torch.equal(normalize(eval_image(img, 24)[None])[0], reference(img))  # bit-identical to torchvision
-
-
-@pytest.mark.parametrize("flavour", ["raw", "4:2:0", "4:4:4", "4:2:2", "progressive", "exif-rotated", "grey",
-                                     "cmyk", "png"])
-def test_fast_decoder_gives_the_pixels_of_the_pil_decoder(flavour):
-    """``decode_chw`` (raw PPM read as it is, libjpeg-turbo through torchcodec for 3-channel JPEGs, PIL for the
-    rest) yields exactly the pixels of ``images.decode`` (the one RGB policy), and refuses a truncated file as the
-    strict PIL path does."""
-    from cyclegan_dist.data.transforms import _jpeg_decoder, decode_chw, uint8_chw
-
-    assert _jpeg_decoder() is not None, "torchcodec (an install requirement) did not load: the fast path is untested"
-    img = Image.fromarray(_photo(5, 61, 83))
-    buf = io.BytesIO()
-    if flavour == "raw":
-        buf.write(encode_raw(img))
-    elif flavour in ("4:2:0", "4:4:4", "4:2:2"):
-        img.save(buf, "JPEG", quality=90, subsampling=flavour)
-    elif flavour == "progressive":
-        img.save(buf, "JPEG", quality=90, progressive=True)
-    elif flavour == "exif-rotated":
-        exif = Image.Exif()
-        exif[0x0112] = 6  # rotate 90 degrees clockwise to show upright
-        img.save(buf, "JPEG", quality=90, exif=exif)
-    elif flavour == "grey":
-        img.convert("L").save(buf, "JPEG", quality=90)
-    elif flavour == "cmyk":
-        img.convert("CMYK").save(buf, "JPEG", quality=90)
-    else:
-        img.save(buf, "PNG")
-    data = buf.getvalue()
-    fast, pil = decode_chw(data), uint8_chw(decode_rgb(data))
-    assert fast.dtype == torch.uint8 and fast.shape == pil.shape and torch.equal(fast, pil)
-    if flavour not in ("raw", "grey", "cmyk", "png"):  # the fast path itself, not a fallback to PIL
-        assert torch.equal(_jpeg_decoder()(data, mode="UNCHANGED"), pil)
-    if flavour == "exif-rotated":
-        assert fast.shape == (3, 83, 61)  # turned upright
-    if flavour == "raw":
-        assert np.array_equal(fast.permute(1, 2, 0).numpy(), np.asarray(img))  # lossless
-    with pytest.raises(Exception):
-        decode_chw(data[: len(data) * 2 // 3])
-
-
-# ------------------------------------------------------------------------------------------ Kaggle
-
-
-def _square_jpegs(d: Path, n: int, start: int, odd: int | None = None) -> None:
-    d.mkdir(parents=True)
-    for i in range(n):
-        s = 100 if i == odd else 256
-        (d / f"{start + i:04x}.jpg").write_bytes(_jpeg(np.asarray(Image.fromarray(_photo(start + i)).resize((s, s)))))
-
-
-def _write_tfrec(path: Path, names: list[str]) -> None:
-    from tfrecord.writer import TFRecordWriter
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = TFRecordWriter(str(path))
-    for i, name in enumerate(names):
-        data = _jpeg(np.asarray(Image.fromarray(_photo(60 + i)).resize((256, 256))))
-        w.write({"image_name": (name.encode(), "byte"), "image": (data, "byte"), "target": (b"monet", "byte")})
-    w.close()
-
-
-def test_kaggle_jpg_layout_preferred_with_warnings(tmp_path, caplog):
-    k = tmp_path / "kaggle"
-    _square_jpegs(k / "photo_jpg", 4, 0)
-    _square_jpegs(k / "monet_jpg", 3, 100, odd=1)
-    _write_tfrec(k / "monet_tfrec" / "monet00-2.tfrec", ["zzz", "yyy"])  # ignored: jpg dirs win
-    parser = build_parser()
-    args = parser.parse_args(["prepare", "--kaggle", str(k), "--out", str(tmp_path / "o"), "--no-progress"])
-    with caplog.at_level(logging.WARNING):
-        assert args.func(args) == 0
-    idx = json.loads((tmp_path / "o" / "index.json").read_text())
-    assert {d: v["count"] for d, v in idx["domains"].items()} == {"photo": 4, "monet": 3}
-    assert "has 3 JPEGs, the competition has 300" in caplog.text and "the competition has 7038" in caplog.text
-    assert "1 image(s)" in caplog.text and "not 256x256" in caplog.text
-    assert sorted(_read_tar(tmp_path / "o" / "monet-000000.tar")) == ["0064.ppm", "0065.ppm", "0066.ppm"]
-
-
-# tfrecord leaks the file of a bad record
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_kaggle_tfrec_layout(tmp_path, caplog):
-    from cyclegan_dist.data.kaggle import kaggle_sources
-
-    k = tmp_path / "kaggle"
-    _write_tfrec(k / "photo_tfrec" / "photo00-3.tfrec", ["p0", "p1", "p2"])
-    _write_tfrec(k / "photo_tfrec" / "photo01-2.tfrec", ["p3", "p4"])
-    _write_tfrec(k / "monet_tfrec" / "monet00-2.tfrec", ["m0", "m1"])
-    src = kaggle_sources(k)
-    assert src["photo"].kind == "tfrec" and src["monet"].kind == "tfrec"
-    with caplog.at_level(logging.WARNING):
-        idx = prepare_shards({"photo": src["photo"], "monet": src["monet"]}, tmp_path / "o", progress=False)
-    assert idx["domains"]["photo"]["count"] == 5 and idx["domains"]["monet"]["count"] == 2
-    assert "found 5 images" in caplog.text and "found 2 images" in caplog.text
-    assert sorted(_read_tar(tmp_path / "o" / "photo-000000.tar")) == [f"p{i}.ppm" for i in range(5)]
-    with pytest.raises(UserError, match="photo_jpg .*gan-getting-started"):
-        kaggle_sources(_folder(tmp_path / "notkaggle", 1))
-    (k / "monet_tfrec" / "bad.tfrec").write_bytes(b"\x05" * 40)
-    with pytest.raises(UserError, match="bad.tfrec"):
-        list(kaggle_sources(k)["monet"])
 
 
 def test_worker_batches_collate_like_default_collate(shard_root):
