@@ -27,19 +27,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="profiled rounds per arm (default 4)")
     p.add_argument("--steps", type=int, default=2, help="steps per round (default 2)")
     p.add_argument("--top", type=int, default=15, help="ops to list (default 15)")
+    p.add_argument("--shapes", action="store_true",
+                   help="one row per op and input shapes (finds which call of an op differs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return p.parse_args(argv)
 
 
-def profile_round(step, steps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(self CPU microseconds per step, calls per step) for each op over ``steps`` steps."""
+def profile_round(step, steps: int, shapes: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """(self CPU microseconds per step, calls per step) for each op (and its input shapes) over ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         for _ in range(steps):
             step()
-    averages = prof.key_averages()
-    return ({e.key: e.self_cpu_time_total / steps for e in averages}, {e.key: e.count / steps for e in averages})
+    averages = prof.key_averages(group_by_input_shape=shapes)
+    key = (lambda e: f"{e.key} {e.input_shapes[:3]}") if shapes else (lambda e: e.key)
+    return ({key(e): e.self_cpu_time_total / steps for e in averages}, {key(e): e.count / steps for e in averages})
 
 
 def main(argv=None) -> int:
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     calls: dict[str, dict[str, float]] = {}
     for _ in range(args.rounds):
         for name, step in arms.items():
-            t, c = profile_round(step, args.steps)
+            t, c = profile_round(step, args.steps, args.shapes)
             times[name].append(t)
             calls[name] = c
     ops = set(calls["reference"]) | set(calls["ours"])
@@ -84,13 +87,15 @@ def main(argv=None) -> int:
     print(f"{args.model} {config.model.generator} {args.size}px batch {args.batch}, ours {args.variant}: median self "
           f"CPU time per step: reference {total['reference'] / 1e3:.1f} ms, ours {total['ours'] / 1e3:.1f} ms "
           f"({args.rounds} rounds of {args.steps} steps, alternating)")
-    print(f"{'op':52s} {'calls ref':>9s} {'calls ours':>10s} {'ref ms':>8s} {'ours ms':>8s} {'diff ms':>8s}  "
+    width = 100 if args.shapes else 52
+    print(f"{'op':{width}s} {'calls ref':>9s} {'calls ours':>10s} {'ref ms':>8s} {'ours ms':>8s} {'diff ms':>8s}  "
           "per round")
     for op in sorted(ops, key=lambda k: -abs(diff[k]))[:args.top]:
-        print(f"{op[:52]:52s} {calls['reference'].get(op, 0):9.0f} {calls['ours'].get(op, 0):10.0f} "
+        print(f"{op[:width]:{width}s} {calls['reference'].get(op, 0):9.0f} {calls['ours'].get(op, 0):10.0f} "
               f"{per_step('reference', op) / 1e3:8.2f} {per_step('ours', op) / 1e3:8.2f} {diff[op] / 1e3:+8.2f}  "
               f"{signs(op)}")
-    changed = sorted(op for op in ops if calls["reference"].get(op, 0) != calls["ours"].get(op, 0))
+    changed = sorted({op.split(" [", 1)[0] if args.shapes else op  # op names, not every shape
+                      for op in ops if calls["reference"].get(op, 0) != calls["ours"].get(op, 0)})
     print("ops whose call count differs: " + (", ".join(changed) if changed else "none"))
     return 0
 

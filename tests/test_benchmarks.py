@@ -110,7 +110,7 @@ def test_fixed_cost_quick(tmp_path):
 
 def test_profile_step_compares_op_counts():
     out = bench("benchmarks.profile_step", "--model", "unet", "--size", "32", "--rounds", "2", "--steps", "1",
-                "--threads", "1")
+                "--threads", "1", "--shapes")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.startswith("aten::")}
     assert "median self CPU time per step" in out.stdout
@@ -118,7 +118,8 @@ def test_profile_step_compares_op_counts():
     changed = out.stdout.split("ops whose call count differs: ")[1].splitlines()[0].split(", ")
     assert {"aten::_fused_adam_", "aten::sqrt"} <= set(changed)
     assert not {"aten::convolution", "aten::convolution_backward", "aten::instance_norm"} & set(changed)
-    assert all(len(v) >= 6 for v in rows.values()) and rows  # calls, calls, ms, ms, diff, signs
+    assert all(len(v) >= 6 for v in rows.values()) and rows  # (shapes,) calls, calls, ms, ms, diff, signs
+    assert any(line.startswith("aten::") and " [[" in line for line in out.stdout.splitlines())  # --shapes rows
 
 
 def test_loader_quick(tmp_path):
