@@ -10,7 +10,7 @@ setup(
                   "launcher": ["profiles/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.3",
+        "torch>=2.6",          # torch.nn.utils.get_total_norm, torch.compiler.set_stance, fused Adam on the CPU
         "torchvision",
         "torchcodec",          # libjpeg-turbo into CHW tensors for the loader (PIL where it cannot load)
         "accelerate>=1.0",

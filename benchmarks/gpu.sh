@@ -9,7 +9,9 @@
 # logs; default a new temp dir), --budget SECONDS (default 570: sections that would not fit are skipped, and each
 # runs under `timeout` so the whole stays inside the budget), --peak-flops FLOPS.
 #
-# Sections, most important first: (1) the fp32 step and bf16+cl ours vs the reference (goal ratio >= 1.0);
+# Sections, most important first: (0) correctness checks with asserted outcomes (benchmarks/gpu_checks.py:
+# NCCL on 2 GPUs, fp16 with a forced overflow, bf16 parity, compile without recompiles, CUDA graphs replayed,
+# the device-side skip); (1) the fp32 step and bf16+cl ours vs the reference (goal ratio >= 1.0);
 # (2) resnet9 bf16 + channels_last + compile (default and reduce-overhead: CUDA graphs) at batch 8 with MFU and
 # peak memory (goals >= 2x the fp32 reference, MFU >= 35%); (3) the loop's fixed cost per step (goal <= 100 us);
 # (4) a real 256 px training, fp32 vs bf16+cl+graphs: steps/s and translation PSNR (speed never bought with
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --budget) BUDGET="$2"; shift ;;
     --peak-flops) PEAK="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -94,6 +96,7 @@ section() {
 if [ "$QUICK" = 1 ]; then
   # The same sections at tiny sizes on the CPU. No compile: CPU Inductor compilation takes minutes
   # (run `python -m benchmarks.step --quick --variants fp32+compile,bf16+cl+compile` to try that path).
+  section correctness 20 300 -- "$PY" -m benchmarks.gpu_checks --quick --json "$OUT/correctness.json"
   section step-fp32 20 300 -- "$PY" -m benchmarks.step --quick --threads 1 --model resnet9,unet --variants fp32 --batch 1 --json "$OUT/step-fp32.json"
   section step-fast 20 300 -- "$PY" -m benchmarks.step --quick --threads 1 --model resnet9 --variants bf16+cl --batch 1,2 --peak-flops "$PEAK" --json "$OUT/step-fast.json"
   section loader 20 300 -- "$PY" -m benchmarks.loader --quick --threads 1 --data-dir "$OUT/loader-data" --step-json "$OUT/step-fast.json" --json "$OUT/loader.json"
@@ -101,6 +104,8 @@ if [ "$QUICK" = 1 ]; then
   section fixed-cost 20 300 -- "$PY" -m benchmarks.fixed_cost --quick --threads 1 --json "$OUT/fixed-cost.json"
   section quality 20 300 -- "$PY" -m benchmarks.train_quality --quick --json "$OUT/quality.json"
 else
+  # asserted correctness first (NCCL, fp16 overflow, bf16 parity, compile recompiles, CUDA graphs, device skip)
+  section correctness 60 200 -- "$PY" -m benchmarks.gpu_checks --json "$OUT/correctness.json"
   STEP=(-m benchmarks.step --size 256 --peak-flops "$PEAK")
   FAST=(--variants bf16+cl+compile,bf16+cl+graphs --reps 3)
   # the fast paths first: fused Adam (always), bf16 + channels_last, torch.compile default and reduce-overhead

@@ -135,25 +135,23 @@ def build_ours(config) -> Ours:
     """Everything ``cyclegan_dist.train.loop.train`` does before its first step that matters for speed,
     in the same order (fresh run: no resume, one process or one rank)."""
     from cyclegan_dist.train.build import build_networks
-    from cyclegan_dist.train.parts import new_guard, step_parts
+    from cyclegan_dist.train.parts import prepare_step
     from cyclegan_dist.train.runtime import Runtime
-    from cyclegan_dist.train.step import train_step
 
     t = config.train
     rt = Runtime(t)
     device = rt.device
     nets = build_networks(config.model, t, pool_size=config.loss.pool_size, seed=config.seed, rank=rt.rank,
                           world=rt.world, device_type=device.type)
-    pool_A, pool_B, memory = nets.pool_A, nets.pool_B, nets.memory_format
-    gens, discs, opt_G, opt_D = rt.prepare(nets.gens, nets.discs, nets.opt_G, nets.opt_D)
-    gens_plain, discs_plain = rt.unwrap(gens), rt.unwrap(discs)
-    parts = step_parts(rt, gens, discs, opt_G, opt_D, pool_A, pool_B, config.loss, new_guard(rt, nets.opt_G))
+    memory = nets.memory_format
+    prepared = prepare_step(rt, config, nets)
+    gens_plain, discs_plain = prepared.gens_plain, prepared.discs_plain
 
     def to_device(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).contiguous(memory_format=memory)
 
     def step(real_A: torch.Tensor, real_B: torch.Tensor):
-        return train_step(parts, to_device(real_A), to_device(real_B))
+        return prepared(to_device(real_A), to_device(real_B))
 
     def parameters() -> dict[str, torch.Tensor]:
         return {**dict(gens_plain.named_parameters()), **dict(discs_plain.named_parameters())}
@@ -209,16 +207,13 @@ def channels_last_gradient_error(config, device, batch: int, size: int) -> tuple
         gens.to(device, dtype, memory_format=layout)
         discs.to(device, dtype, memory_format=layout)
 
-        def snapshot(name, net, case=case):
-            def take() -> None:
-                grads[(case, name)] = torch.cat([p.grad.double().flatten() for p in net.parameters()
-                                                 if p.grad is not None])
-                net.zero_grad(set_to_none=True)
-            return take
+        def snapshot(name: str, optimizer, case=case) -> None:  # instead of a step: keep the gradients
+            grads[(case, name)] = torch.cat([p.grad.double().flatten() for group in optimizer.param_groups
+                                             for p in group["params"] if p.grad is not None])
+            optimizer.zero_grad(set_to_none=True)
 
         parts = StepParts(gens, discs, discs, torch.optim.SGD(gens.parameters()), torch.optim.SGD(discs.parameters()),
-                          ImagePool(0), ImagePool(0), config.loss, step_G=snapshot("G", gens),
-                          step_D=snapshot("D", discs))
+                          ImagePool(0), ImagePool(0), config.loss, optimizer_step=snapshot)
         train_step(parts, real_A.to(device, dtype).contiguous(memory_format=layout),
                    real_B.to(device, dtype).contiguous(memory_format=layout))
         del gens, discs, parts

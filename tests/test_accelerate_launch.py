@@ -9,10 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 import torch
 
-from helpers import ROOT, _env, latest_checkpoint, read_metrics
+from helpers import ROOT, _env, latest_checkpoint, read_metrics, require_extra
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
         "train.steps=2", "train.log_every=1"]
@@ -35,7 +34,7 @@ def test_multi_gpu_config_runs_two_ranks(tmp_path):
 
 
 def test_deepspeed_config_runs_two_zero_ranks(tmp_path):
-    pytest.importorskip("deepspeed", reason="the 'deepspeed' extra is not installed")
+    require_extra("deepspeed")
     accelerate_launch("deepspeed_zero2.yaml", tmp_path / "ds")
     records = [r for r in read_metrics(tmp_path / "ds") if "loss/G" in r]
     assert [r["world_size"] for r in records] == [2, 2]

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from slurm_helpers import NEEDS_SLURM
 
 from helpers import tiny_shard_root
 
@@ -165,8 +165,7 @@ def test_bad_inputs_one_error_line(work, tmp_path):
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists() and not (tmp_path / "reports").exists()
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
-                    reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure")
+@NEEDS_SLURM
 def test_collect_on_cluster_as_a_one_gpu_job(work, slurm_cluster):
     out = launcher("collect", "--run", "r9", "--on-cluster", "--cluster", "testcluster", "--limit", "4",
                    "--out", "on-cluster", cwd=work)

@@ -90,7 +90,11 @@ def test_status_eta_and_logs_follow_on_slurm(tmp_path, slurm_cluster):
         return rows[0] if rows[0]["eta_s"] is not None else None
 
     row = wait_for(running_row, "an ETA", 60)
-    assert row["state"] == "RUNNING" and row["img_per_s"] > 0 and 0 < row["eta_s"] < 600 and row["gpu_hours"] > 0
+    assert row["state"] == "RUNNING" and row["total_steps"] == 60 and 8 <= row["step"] < 60, row
+    # img/s: a logged period's (not made up); ETA: the steps left at the measured step rate; GPU hours: 2 GPUs
+    assert row["img_per_s"] in [r["img_per_s"] for r in read_metrics(run_dir) if "img_per_s" in r], row
+    assert row["eta_s"] == pytest.approx((60 - row["step"]) / row["steps_per_s"], rel=1e-9), row
+    assert row["gpu_hours"] == pytest.approx(row["wall_time_s"] * 2 / 3600, abs=2e-4) and row["wall_time_s"] > 0, row
     table = launcher("status", "watch", cwd=tmp_path).stdout.splitlines()
     assert table[0].split()[:8] == ["RUN", "EXP", "JOB", "STATE", "STEP", "IMG/S", "ETA", "GPU_H"]
     assert re.search(r"\b\d+m?\d*s\b", table[1]), table

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 import torch
 
+from cyclegan_dist.data import demo
 from cyclegan_dist.data.demo import DEMO_VERSION, _band, demo_eval_pairs, ensure_demo_shards, painterly
 from cyclegan_dist.data.streams import UnpairedShardDataset, make_loader
 from cyclegan_dist.data.transforms import psnr
@@ -48,10 +48,14 @@ def test_demo_deterministic_and_cached(tmp_path, monkeypatch):
     kw = dict(domain_b="painting", load_size=36, crop_size=32)
     x, y = UnpairedShardDataset(a, **kw)[0], UnpairedShardDataset(b, **kw)[0]
     assert x["A_key"] == y["A_key"] and torch.equal(x["A"], y["A"]) and torch.equal(x["B"], y["B"])
-    mtime = (a / "index.json").stat().st_mtime_ns
-    t = time.perf_counter()
+    # a second call reuses the cache: nothing is built, no file is rewritten or replaced
+    def stats():
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in [a, *a.iterdir()]}
+
+    before = stats()
+    monkeypatch.setattr(demo, "_build", lambda *args: pytest.fail(f"the cached demo set was rebuilt: {args}"))
     assert ensure_demo_shards(**SMALL) == a
-    assert time.perf_counter() - t < 0.2 and (a / "index.json").stat().st_mtime_ns == mtime
+    assert stats() == before
     # no temp dirs left
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"demo-32-v{DEMO_VERSION}-40-20-8"]
 

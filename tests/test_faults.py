@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -110,12 +109,13 @@ def test_diverging_run_warns(tmp_path):
     assert "warning" in out.stdout.lower() or "diverg" in out.stderr.lower()
 
 
-@pytest.mark.parametrize("device_skip", [False, True], ids=["host-skip", "device-skip"])
-def test_guard_skips_exactly_the_nonfinite_updates(device_skip):
-    """The guard on a real fused Adam, both ways it can skip (the CPU reads the flag on the host; CUDA lets the
-    optimizer skip on the device, exercised here on the CPU): a step with one NaN among the gradients changes no
-    weight and no Adam state (its step counter included); finite gradients pass bit-identical and are applied
-    exactly as without the guard; the count of skipped steps is right."""
+@pytest.mark.parametrize("mode", ["host", "device"])
+def test_guard_skips_exactly_the_nonfinite_updates(mode):
+    """The guard's step on a real fused Adam, both ways it skips without a loss scaler (the CPU reads the flag on the
+    host; CUDA lets the optimizer skip on the device through GradScaler's found_inf contract, run here on the CPU):
+    a step with one NaN among the gradients changes no weight and no Adam state (its step counter included); finite
+    gradients are applied exactly as by an unguarded optimizer; the count of skipped steps is right; the contract's
+    attributes are gone after each step."""
     from cyclegan_dist.train.guard import NonFiniteGuard
 
     def model():
@@ -125,29 +125,20 @@ def test_guard_skips_exactly_the_nonfinite_updates(device_skip):
     guarded, plain = model(), model()
     opt = torch.optim.Adam(guarded.parameters(), lr=0.1, fused=True)
     opt_plain = torch.optim.Adam(plain.parameters(), lr=0.1, fused=True)
-    guard = NonFiniteGuard(torch.device("cpu"), device_skip=device_skip)
+    guard = NonFiniteGuard(mode, torch.device("cpu"))
     grads = [torch.randn(5, *p.shape, generator=torch.Generator().manual_seed(i)) for i, p in
              enumerate(guarded.parameters())]
-
-    def step(k: int, poison: bool) -> bool:
-        for i, p in enumerate(guarded.parameters()):
-            p.grad = grads[i][k].clone()
-        if poison:
-            next(iter(guarded.parameters())).grad[0, 1] = float("nan")
-        before = [p.grad.clone() for p in guarded.parameters()]
-        go = guard.check("G", torch.zeros(()), opt)
-        if not poison:
-            assert all(torch.equal(a, p.grad) for a, p in zip(before, guarded.parameters()))  # bit-identical
-        if go:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        return go
 
     for k, poison in enumerate([False, True, False, True, True]):
         weights_before = [p.detach().clone() for p in guarded.parameters()]
         state_before = {i: {n: v.clone() for n, v in s.items()} for i, s in enumerate(opt.state.values())}
-        go = step(k, poison)
-        assert go is (device_skip or not poison)
+        for i, p in enumerate(guarded.parameters()):
+            p.grad = grads[i][k].clone()
+        if poison:
+            next(iter(guarded.parameters())).grad[0, 1] = float("nan")
+        guard.step("G", opt)
+        assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
+        assert all(p.grad is None for p in guarded.parameters())
         if poison:
             assert all(torch.equal(a, p) for a, p in zip(weights_before, guarded.parameters())), k
             assert all(torch.equal(v, s[n]) for i, s in enumerate(opt.state.values())
@@ -162,14 +153,16 @@ def test_guard_skips_exactly_the_nonfinite_updates(device_skip):
     assert guard.read().item() == 0  # read resets
 
 
-@pytest.mark.parametrize("policy", ["stop", "skip", "rollback"])
-def test_nonfinite_steps_are_never_applied(tmp_path, policy):
+@pytest.mark.parametrize("policy, skip", [("stop", "host"), ("skip", "host"), ("skip", "device"),
+                                          ("rollback", "device")])
+def test_nonfinite_steps_are_never_applied(tmp_path, policy, skip):
     """bf16 with an LR large enough to overflow: non-finite losses/gradients appear; no NaN weight is applied or
-    written, and train.on_nonfinite decides what happens."""
+    written, and train.on_nonfinite decides what happens. ``skip``: where the loop skips (train.nonfinite_skip:
+    the host, as on a CPU, or the device, fused Adam's found_inf, as on CUDA)."""
     run_dir = tmp_path / policy
     common = ["--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.mixed_precision=bf16",
               "train.log_every=2", "train.checkpoint_every=4", f"train.on_nonfinite={policy}",
-              "train.nonfinite_max_skips=6", "train.nonfinite_max_rollbacks=2"]
+              "train.nonfinite_max_skips=6", "train.nonfinite_max_rollbacks=2", f"train.nonfinite_skip={skip}"]
     run_cli("train", *common, "train.steps=4")  # a good checkpoint first, at the normal LR
     good = weights(latest_checkpoint(run_dir))
     out = run_cli("train", "--json", *common, "train.steps=40", "train.lr=1e20", check=False)
@@ -214,12 +207,11 @@ def test_fid_failure_on_one_rank_is_contained(tmp_path):
 
     shards = tiny_shard_root(tmp_path / "shards")
     run_dir = tmp_path / "run"
-    t0 = time.monotonic()
+    # a rank left waiting alone in a collective would fail it after train.dist_timeout_min (exit != 0)
     run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set", f"data.root={shards}",
                  "data.domain_b=monet", *TINY, "train.steps=4", "train.log_every=2", "eval.every=2",
-                 "eval.num_photos=4", "eval.batch_size=4",
+                 "eval.num_photos=4", "eval.batch_size=4", "train.dist_timeout_min=3",
                  env={"PYTHONPATH": f"{inject}{os.pathsep}{ROOT}", "CYCLEGAN_DIST_CACHE": str(tmp_path / "cache")})
-    assert time.monotonic() - t0 < 300
     failed = warnings_of(run_dir, "eval")
     assert len(failed) == 2 and all("injected Inception failure on rank 1" in w["message"] for w in failed), failed
     evals = [r for r in read_metrics(run_dir) if "eval/mifid" in r]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import slurm_nodes
+from slurm_helpers import NEEDS_SLURM
 
 from cyclegan_dist.config import load_config
 from cyclegan_dist.rundir import read_jsonl
@@ -31,11 +31,7 @@ from launcher import clusters
 from launcher.runs import JOB_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [
-    pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CYCLEGAN_REQUIRE_SLURM"),
-                       reason="no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure"),
-    pytest.mark.xdist_group("slurm"),  # one xdist worker runs every SLURM test
-]
+pytestmark = [NEEDS_SLURM, pytest.mark.xdist_group("slurm")]  # one xdist worker runs every SLURM test
 TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
         "wandb.mode=offline"]
 LONG = ["train.steps=80", "train.checkpoint_every=10", *TINY]  # 0.1-0.3 s a step: room to signal mid-run
@@ -303,7 +299,10 @@ def test_status_and_gather_from_a_fresh_process(jobs, tmp_path):
     requeues = header.index("REQUEUES")
     assert rows["rq"][3:5] == ["COMPLETED", "80/80"] and rows["rq"][requeues] == "2"
     assert rows["ref"][3:5] == ["COMPLETED", "80/80"] and rows["ref"][requeues] == "0"
-    assert rows["rq"][header.index("ETA")] == "-" and float(rows["rq"][header.index("IMG/S")]) > 0
+    rq_records = [r for r in read_jsonl(jobs["rq"] / "metrics.jsonl") if "loss/G" in r]
+    # a finished run: no ETA, and the rate of its last logging period (as the table prints floats)
+    assert rows["rq"][header.index("ETA")] == "-"
+    assert rows["rq"][header.index("IMG/S")] == f"{rq_records[-1]['img_per_s']:.4g}", (rows["rq"], rq_records[-1])
     assert all(r[3] == "COMPLETED" for r in rows.values())
 
     out_dir = tmp_path / "out"
@@ -314,10 +313,16 @@ def test_status_and_gather_from_a_fresh_process(jobs, tmp_path):
     assert {r["run"] for r in table} == {"ref", "rq", "arr-smoke-s0", "sb"}
     rq = next(r for r in table if r["run"] == "rq")
     assert rq["requeues"] == 2 and rq["attempts"] == 3 and rq["step"] == 80 and rq["world_size"] == 2
-    assert rq["wall_time_s"] > 0 and rq["gpu_hours"] == pytest.approx(rq["wall_time_s"] * 2 / 3600, abs=1e-3)
+    # the attempts' time, all of it since the submission (0.1 s: wall_time_s is rounded)
+    assert 0 < rq["wall_time_s"] <= time.time() - jobs["t0"]["rq"] + 0.1, (rq["wall_time_s"], jobs["t0"]["rq"])
+    assert rq["gpu_hours"] == pytest.approx(rq["wall_time_s"] * 2 / 3600, abs=1e-3)
     assert (rq["latest_checkpoint"].endswith("step-00000080")
             and Path(rq["latest_checkpoint"], "G_A.safetensors").is_file())
-    assert rq["last"]["loss/G"] > 0 and rq["best"]["loss/G"]["value"] <= rq["last"]["loss/G"]
+    # last and best (lowest, its first step) loss/G are those of metrics.jsonl; no eval ran: no best checkpoint
+    lowest = min(rq_records, key=lambda r: r["loss/G"])
+    assert rq["last"]["loss/G"] == rq_records[-1]["loss/G"] and rq["img_per_s"] == rq_records[-1]["img_per_s"]
+    assert rq["best"]["loss/G"] == {"value": lowest["loss/G"], "step": lowest["step"]}, (rq["best"], lowest)
+    assert rq["best_checkpoint"] is None and rq["best_by"] is None
     assert rq["wandb_mode"] == "offline" and len(rq["wandb_dirs"]) == 3  # one W&B run id, one offline dir per attempt
     assert all(Path(d).is_dir() and d.endswith(rq["wandb_id"]) for d in rq["wandb_dirs"])
     csv = (out_dir / "gather-smoke.csv").read_text().splitlines()

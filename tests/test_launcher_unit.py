@@ -34,17 +34,17 @@ def launcher(*args: str, env: dict | None = None, cwd: Path | None = None) -> su
                           cwd=cwd or ROOT, timeout=120)
 
 
-def test_launcher_imports_no_torch_and_help_is_instant():
-    out = py("import sys, time; t = time.perf_counter()\n"
+def test_launcher_imports_no_torch_and_prints_help():
+    """The launcher's modules and its --help load none of the heavy packages (what keeps `--help` and `status`
+    fast; the time itself is a benchmark's business, not a test's)."""
+    out = py("import sys\n"
              "import launcher.cli, launcher.submit, launcher.gather, launcher.scheduler, launcher.job, "
              "launcher.job_main\n"
              "launcher.cli.build_parser().format_help()\n"
              "print(sorted(m for m in ('torch', 'accelerate', 'cyclegan_dist.train', 'cyclegan_dist.entry', 'wandb')"
-             " if m in sys.modules), time.perf_counter() - t)")
+             " if m in sys.modules))")
     assert out.returncode == 0, out.stderr
-    loaded, seconds = out.stdout.split("]")
-    assert loaded == "[", f"launcher imported {loaded}]"
-    assert float(seconds) < 5  # a generous bound; the real check is 'no torch' above
+    assert out.stdout.strip() == "[]", f"launcher imported {out.stdout.strip()}"
     help_ = launcher("--help")
     assert help_.returncode == 0 and "submit" in help_.stdout and "gather" in help_.stdout
 

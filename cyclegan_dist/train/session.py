@@ -27,13 +27,12 @@ from cyclegan_dist.train.build import build_networks
 from cyclegan_dist.train.data_setup import setup_data
 from cyclegan_dist.train.ema import GeneratorEMA
 from cyclegan_dist.train.evaluation import EvaluationFailed, TrainingEvaluator
-from cyclegan_dist.train.guard import DivergenceMonitor
-from cyclegan_dist.train.parts import new_guard, step_parts
+from cyclegan_dist.train.guard import MIN_LOSS_SCALE, DivergenceMonitor
+from cyclegan_dist.train.parts import prepare_step
 from cyclegan_dist.train.progress import Progress
 from cyclegan_dist.train.runtime import Runtime, peak_memory_gb
 from cyclegan_dist.train.schedule import Schedule, set_lr
 from cyclegan_dist.train.state import TrainState, new_id
-from cyclegan_dist.train.step import train_step
 from cyclegan_dist.train.window import Window
 
 log = logging.getLogger("cyclegan_dist.train")
@@ -64,11 +63,15 @@ class Session:
             resuming.check_compatible(loaded[0]["config"], config, self.source)
             nets.gens.load_state_dict(loaded[0]["generators"])
             nets.discs.load_state_dict(loaded[0]["discriminators"])
-        self.gens, self.discs, self.opt_G, self.opt_D = rt.prepare(nets.gens, nets.discs, nets.opt_G, nets.opt_D)
-        self.gens_plain, self.discs_plain = rt.unwrap(self.gens), rt.unwrap(self.discs)
         if config.loss.diffaugment:  # its own RNG per rank, checkpointed: exact resume holds
             self.state.augment = DiffAugment(config.loss.diffaugment, config.loss.diffaugment_domains,
                                              seed=config.seed * 1000 + rt.rank + 7919)
+        self.prepared = prepare_step(rt, config, nets, augment=self.state.augment,
+                                     after_G=(lambda: self.state.ema.update(self.gens_plain)) if t.ema_decay else None)
+        self.gens, self.discs, self.opt_G, self.opt_D = (self.prepared.gens, self.prepared.discs, self.prepared.opt_G,
+                                                         self.prepared.opt_D)
+        self.gens_plain, self.discs_plain, self.guard = (self.prepared.gens_plain, self.prepared.discs_plain,
+                                                         self.prepared.guard)
         if t.ema_decay > 0:
             self.state.ema = GeneratorEMA(self.gens_plain, t.ema_decay)
         notes = self._restore(*loaded) if loaded else []
@@ -76,11 +79,7 @@ class Session:
                                wandb_id=self.state.wandb_id, enabled=rt.is_main, run_name=run_name or run.path.name)
         for note in notes:
             self.tracker.event("schedule", message=note)
-        self.guard = new_guard(rt, nets.opt_G)
         self.divergence = DivergenceMonitor()
-        self.parts = step_parts(rt, self.gens, self.discs, self.opt_G, self.opt_D, self.state.pool_A,
-                                self.state.pool_B, config.loss, self.guard, augment=self.state.augment,
-                                after_G=(lambda: self.state.ema.update(self.gens_plain)) if self.state.ema else None)
         self.evaluator = self._evaluator()
         self.window = Window(rt.device)
         self.start_step, self.lr = self.state.step, None
@@ -161,7 +160,7 @@ class Session:
             self.lr = lr
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        losses = train_step(self.parts, self._input(batch, "A"), self._input(batch, "B"))
+        losses = self.prepared(self._input(batch, "A"), self._input(batch, "B"))
         if self.divergence.baseline is None:
             self.divergence.first_step(losses)
         return losses
@@ -183,7 +182,14 @@ class Session:
         metrics = dict(zip(names, values))
         metrics.update({"lr": self.lr, "world_size": rt.world, "img_per_s": w.steps * t.batch_size * rt.world / elapsed,
                         "step_time_s": elapsed / w.steps, "data/skipped": skipped_samples,
-                        "train/skipped_steps": skipped_steps, "mem/peak_gb": peak_memory_gb(rt.device)})
+                        "mem/peak_gb": peak_memory_gb(rt.device)})
+        scale = self.guard.loss_scale()
+        if scale is None:
+            metrics["train/skipped_steps"] = skipped_steps
+        else:  # fp16: overflow skips are the loss scaler's range-finding; a collapsed scale is the failure
+            metrics.update({"amp/overflow_skips": skipped_steps, "amp/loss_scale": scale})
+            if scale >= MIN_LOSS_SCALE:
+                skipped_steps = 0
         c = self.state.counters
         c["skipped_steps"] += skipped_steps
         first_skips = skipped_samples and not c.get("skipped_samples")
@@ -201,6 +207,9 @@ class Session:
                               f"{self.state.step} (over all workers and ranks); first: {', '.join(first_keys)}; "
                               "later ones are counted in data/skipped", keys=first_keys)
         bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
+        if scale is not None and scale < MIN_LOSS_SCALE:
+            bad.append(f"gradients (fp16 loss scale {scale:.3g} < {MIN_LOSS_SCALE:g} after "
+                       f"{metrics['amp/overflow_skips']} overflow skips in this period)")
         if not (skipped_steps or bad):
             return "go"
         local_bad = [n for n, ok in zip(names, torch.isfinite(local).tolist()) if not ok]
@@ -215,10 +224,6 @@ class Session:
         what = (f"non-finite {', '.join(bad) or 'gradients'} in the {t.log_every} steps up to step {step} {where}; "
                 f"{skipped_steps} optimizer step(s) skipped, nothing non-finite was applied")
         policy = t.on_nonfinite
-        if self.rt.deepspeed:  # DeepSpeed's engine steps inside backward: the guard sees it only afterwards
-            what = what.replace("nothing non-finite was applied",
-                                "DeepSpeed applied them (its engine steps in backward)")
-            policy = "rollback" if policy == "rollback" else "stop"
         last = self._last_good()
         if policy == "skip" and c["skipped_steps"] <= t.nonfinite_max_skips:
             self.tracker.warn("nonfinite", f"{what} ({c['skipped_steps']} of train.nonfinite_max_skips="

@@ -46,9 +46,8 @@ class StepParts:
     backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
     backward_D: Callable[[torch.Tensor], None] | None = None  # DeepSpeed: D's own engine (default: backward)
     autocast: Callable[[], ContextManager] = nullcontext
-    step_G: Callable[[], None] | None = None  # default: opt_G.step(); opt_G.zero_grad()
-    step_D: Callable[[], None] | None = None
-    guard: Callable[[str, torch.Tensor, torch.optim.Optimizer], bool] | None = None  # False: skip this step
+    # ("G" | "D", optimizer): the optimizer step and zero_grad; the loop's is NonFiniteGuard.step (train/guard.py)
+    optimizer_step: Callable[[str, torch.optim.Optimizer], None] = lambda name, opt: _plain_step(opt)
     augment: Callable[[torch.Tensor, str], torch.Tensor] | None = None  # DiffAugment(images, "a" | "b")
     after_G: Callable[[], None] | None = None  # after the generators' update (the EMA)
 
@@ -72,7 +71,7 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
             loss_idt_B = l1_loss(out["idt_B"], real_A) * cfg.lambda_identity
             loss_G = loss_G + loss_idt_A + loss_idt_B
     parts.backward(loss_G)
-    _step(parts, "G", loss_G, parts.opt_G, parts.step_G)
+    parts.optimizer_step("G", parts.opt_G)
     if parts.after_G is not None:
         parts.after_G()
     set_requires_grad(parts.discriminators_plain, True)
@@ -88,7 +87,7 @@ def train_step(parts: StepParts, real_A: torch.Tensor, real_B: torch.Tensor) -> 
                     + gan_loss(pred["D_B_fake"], False, cfg.gan_mode)) * cfg.d_loss_weight
         loss_D = loss_D_A + loss_D_B
     (parts.backward_D or parts.backward)(loss_D)
-    _step(parts, "D", loss_D, parts.opt_D, parts.step_D)
+    parts.optimizer_step("D", parts.opt_D)
 
     losses = {
         "loss/G_A": loss_G_A, "loss/G_B": loss_G_B, "loss/cycle_A": loss_cycle_A, "loss/cycle_B": loss_cycle_B,
@@ -104,13 +103,6 @@ def _identity(x: torch.Tensor, domain: str) -> torch.Tensor:
     return x
 
 
-def _step(parts: StepParts, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-          custom: Callable[[], None] | None) -> None:
-    if parts.guard is not None and not parts.guard(name, loss, optimizer):
-        optimizer.zero_grad(set_to_none=True)  # a non-finite gradient: this update is skipped
-        return
-    if custom is not None:
-        custom()
-        return
+def _plain_step(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

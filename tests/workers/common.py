@@ -1,14 +1,17 @@
-"""The real training step, wired exactly as ``cyclegan_dist.train.loop`` wires it, on fixed synthetic batches.
+"""The real training step, built by the loop's own functions, on fixed synthetic batches.
 
-Used in-process by tests/test_precision.py and, through ``step_worker.py``, in plain and torchrun subprocesses by
-tests/test_parity.py. ``Runtime`` (its Accelerator) -> ``build_pairs`` -> Adam x2 -> ``accelerator.prepare`` ->
-``StepParts(backward=accelerator.backward, autocast=accelerator.autocast)`` -> ``train_step``; only the data
-differs from the loop: each step's global batch is a pure function of (data_seed, step), and rank r of W takes
-rows [r*b, (r+1)*b) of it (b = global_batch / W), so any world size sees the same samples.
+Used in-process by tests/test_precision.py and tests/test_faults.py and, through ``step_worker.py``, in plain and
+torchrun subprocesses by tests/test_parity.py. :func:`build_step` calls what ``train/session.py`` calls:
+``Runtime`` -> ``build_networks`` (fused Adam, compile, channels_last as configured) -> ``prepare_step`` (prepare,
+the guard, the step's parts) -> ``train_step``. What a test needs to see (gradients as the optimizer sees them,
+the loss scale at each optimizer step, output dtypes) it captures with hooks, never by replacing a part. Only the
+data differs from the loop: each step's global batch is a pure function of (data_seed, step), and rank r of W
+takes rows [r*b, (r+1)*b) of it (b = global_batch / W), so any world size sees the same samples.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -16,11 +19,9 @@ import torch
 from torch import nn
 
 from cyclegan_dist.config import Config, load_config
-from cyclegan_dist.image_pool import ImagePool
-from cyclegan_dist.train.modules import build_pairs
+from cyclegan_dist.train.build import build_networks
+from cyclegan_dist.train.parts import PreparedStep, prepare_step
 from cyclegan_dist.train.runtime import Runtime
-from cyclegan_dist.train.schedule import scaled_lr
-from cyclegan_dist.train.step import StepParts, train_step
 
 # Tiny and deterministic: no pool (its random swaps are per rank), no dropout (the default), 32x32 images.
 TINY = ("model.generator=resnet_6blocks", "model.ngf=8", "model.ndf=8", "loss.pool_size=0", "model.use_dropout=false",
@@ -98,47 +99,82 @@ def perturb_(modules, relative: float, seed: int = 1234) -> None:
                 p.mul_(1 + relative * (torch.randint(0, 2, p.shape, generator=g).float() * 2 - 1))
 
 
+def new_runtime(config: Config) -> Runtime:
+    """A Runtime in a test process that may already have made one: Accelerate keeps one process-wide state, which a
+    single process may reset (a rank of a process group keeps it)."""
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(True)
+    return Runtime(config.train)
+
+
+@dataclass
+class Built:
+    """One rank's step as the loop builds it (``prepare_step``), on inputs moved to its device."""
+
+    rt: Runtime
+    prepared: PreparedStep
+
+    @property
+    def gens(self) -> nn.Module:  # the unwrapped pairs
+        return self.prepared.gens_plain
+
+    @property
+    def discs(self) -> nn.Module:
+        return self.prepared.discs_plain
+
+    @property
+    def opt_G(self) -> torch.optim.Optimizer:  # the optimizers the guard steps
+        return self.prepared.parts.opt_G
+
+    @property
+    def opt_D(self) -> torch.optim.Optimizer:
+        return self.prepared.parts.opt_D
+
+    @property
+    def guard(self):
+        return self.prepared.guard
+
+    def step(self, A: torch.Tensor, B: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.prepared(A.to(self.rt.device), B.to(self.rt.device))
+
+
+def build_step(config: Config, rt: Runtime | None = None, perturb: float = 0.0) -> Built:
+    """What ``Session.__init__`` builds for the step, in the same order (fresh run, no resume)."""
+    rt = rt if rt is not None else new_runtime(config)
+    nets = build_networks(config.model, config.train, pool_size=config.loss.pool_size, seed=config.seed,
+                          rank=rt.rank, world=rt.world, device_type=rt.device.type)
+    if perturb:
+        perturb_((nets.gens, nets.discs), perturb)
+    return Built(rt, prepare_step(rt, config, nets))
+
+
+def capture_grads(optimizer: torch.optim.Optimizer, module: nn.Module, into: list) -> None:
+    """Append, at each ``optimizer.step()``, the gradients it is about to apply (a step pre-hook: after DDP's
+    averaging and fp16's unscaling)."""
+    def hook(_opt, _args, _kwargs):
+        into.append({n: p.grad.detach().clone().cpu() for n, p in module.named_parameters() if p.grad is not None})
+    optimizer.register_step_pre_hook(hook)
+
+
 def train_k_steps(config: Config, steps: int, global_size: int, data_seed: int = 1, rank1_data_seed: int | None = None,
-                  accelerator=None, perturb: float = 0.0) -> Run:
+                  rt: Runtime | None = None, perturb: float = 0.0) -> Run:
     """``steps`` real training steps; ``rank1_data_seed`` feeds rank 1 other data (the negative control);
     ``perturb`` starts from weights perturbed by that relative amount (see :func:`perturb_`)."""
-    accelerator = accelerator if accelerator is not None else Runtime(config.train).acc_G
-    world, rank = accelerator.num_processes, accelerator.process_index
+    built = build_step(config, rt, perturb)
+    world, rank = built.rt.world, built.rt.rank
     assert global_size % world == 0, (global_size, world)
     b = global_size // world
-    t = config.train
-    gens, discs = build_pairs(config.model, config.seed)
-    if perturb:
-        perturb_((gens, discs), perturb)
-    lr = scaled_lr(t.lr, t.lr_scaling, world)
-    opt_G = torch.optim.Adam(gens.parameters(), lr=lr, betas=(t.beta1, t.beta2))
-    opt_D = torch.optim.Adam(discs.parameters(), lr=lr, betas=(t.beta1, t.beta2))
-    gens, discs, opt_G, opt_D = accelerator.prepare(gens, discs, opt_G, opt_D)
-    gens_plain, discs_plain = accelerator.unwrap_model(gens), accelerator.unwrap_model(discs)
     run = Run(world_size=world, rank=rank)
-    gens_plain.G_A.register_forward_hook(lambda _m, _i, out: run.g_output_dtypes.add(out.dtype))
-
-    def capture(module, into):
-        into.append({n: p.grad.detach().clone().cpu() for n, p in module.named_parameters() if p.grad is not None})
-
-    def step_G():
-        capture(gens_plain, run.grads_G)
-        opt_G.step()
-        opt_G.zero_grad(set_to_none=True)
-
-    def step_D():
-        capture(discs_plain, run.grads_D)
-        opt_D.step()
-        opt_D.zero_grad(set_to_none=True)
-
-    parts = StepParts(gens, discs, discs_plain, opt_G, opt_D, ImagePool(0), ImagePool(0), config.loss,
-                      backward=accelerator.backward, autocast=accelerator.autocast, step_G=step_G, step_D=step_D)
+    built.gens.G_A.register_forward_hook(lambda _m, _i, out: run.g_output_dtypes.add(out.dtype))
+    capture_grads(built.opt_G, built.gens, run.grads_G)
+    capture_grads(built.opt_D, built.discs, run.grads_D)
     for step in range(steps):
         seed = rank1_data_seed if (rank == 1 and rank1_data_seed is not None) else data_seed
         A, B = global_batch(step, global_size, seed, config.data.crop_size)
-        A, B = A[rank * b:(rank + 1) * b].to(accelerator.device), B[rank * b:(rank + 1) * b].to(accelerator.device)
-        losses = train_step(parts, A, B)
+        losses = built.step(A[rank * b:(rank + 1) * b], B[rank * b:(rank + 1) * b])
         run.losses.append({k: float(v) for k, v in losses.items()})
-    run.generators = {k: v.detach().clone().cpu() for k, v in gens_plain.state_dict().items()}
-    run.discriminators = {k: v.detach().clone().cpu() for k, v in discs_plain.state_dict().items()}
+    run.generators = {k: v.detach().clone().cpu() for k, v in built.gens.state_dict().items()}
+    run.discriminators = {k: v.detach().clone().cpu() for k, v in built.discs.state_dict().items()}
     return run

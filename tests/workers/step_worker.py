@@ -33,8 +33,7 @@ def main() -> int:
     parser.add_argument("--negative-control", action="store_true")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[])
     args = parser.parse_args()
-    torch.use_deterministic_algorithms(True)
-    config = tiny_config(*args.overrides)
+    config = tiny_config("train.deterministic=true", *args.overrides)
     save(train_k_steps(config, args.steps, args.global_batch, args.data_seed), args.out)
     if args.negative_control:
         save(train_k_steps(config, args.steps, args.global_batch, args.data_seed, rank1_data_seed=args.data_seed + 1),
