@@ -13,6 +13,7 @@ Every mistake is a :class:`UserError` that names the key, the file and the valid
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -24,6 +25,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import check_name, check_text
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -327,6 +331,8 @@ def validate(config: Config, where: str = "config") -> None:
         (0.0 <= t.lr_decay_fraction <= 1.0, "train.lr_decay_fraction must be within 0..1"),
         (t.batch_size > 0, "train.batch_size must be > 0"),
         (t.lr > 0, "train.lr must be > 0"),
+        (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1,
+         f"Adam's train.beta1 and train.beta2 must be within [0, 1), got {t.beta1} and {t.beta2}"),
         (t.log_every > 0, "train.log_every must be > 0"),
         (t.checkpoint_every >= 0 and t.sample_every >= 0, "train.checkpoint_every and train.sample_every must be >= 0"),
         (t.keep_last >= 1, "train.keep_last must be >= 1"),
@@ -342,6 +348,12 @@ def validate(config: Config, where: str = "config") -> None:
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
         (d.domain_a != d.domain_b, "data.domain_a and data.domain_b must differ"),
         (m.ngf > 0 and m.ndf > 0, "model.ngf and model.ndf must be > 0"),
+        (m.n_layers_d >= 1, f"model.n_layers_d must be >= 1, got {m.n_layers_d}"),
+        (m.init_gain > 0, f"model.init_gain must be > 0, got {m.init_gain}"),
+        (m.input_nc >= 1 and m.output_nc >= 1, "model.input_nc and model.output_nc must be >= 1"),
+        (l.d_loss_weight > 0, f"loss.d_loss_weight must be > 0, got {l.d_loss_weight}"),
+        (config.eval.num_photos >= 2 and config.eval.batch_size >= 1,
+         "eval.num_photos must be >= 2 (FID needs a covariance) and eval.batch_size >= 1"),
         (l.pool_size >= 0, "loss.pool_size must be >= 0"),
         (l.lambda_cycle >= 0 and l.lambda_identity >= 0, "loss.lambda_cycle and loss.lambda_identity must be >= 0"),
         (config.eval.every >= 0, "eval.every must be >= 0"),
@@ -351,6 +363,10 @@ def validate(config: Config, where: str = "config") -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"{where}: {message}")
+    check_name(f"{where}: experiment", config.experiment)  # runs/<experiment>/...
+    for key, value in _leaves(config.to_dict()):
+        if isinstance(value, str):
+            check_text(f"{where}: {key}", value)
     if m.generator.startswith("unet_"):
         size = int(m.generator.split("_")[1])  # num_downs = log2(size): the crop must divide by size
         if d.crop_size % size != 0:
@@ -358,6 +374,16 @@ def validate(config: Config, where: str = "config") -> None:
                             f"{size}, got {d.crop_size}")
     if l.lambda_identity > 0 and m.input_nc != m.output_nc:
         raise UserError(f"{where}: loss.lambda_identity > 0 needs model.input_nc == model.output_nc")
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (list, tuple)):
+            yield from ((f"{prefix}{key}", v) for v in value)
+        else:
+            yield f"{prefix}{key}", value
 
 
 def write_config(config: Config, path: str | Path) -> None:

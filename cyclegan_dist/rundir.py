@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -36,6 +37,29 @@ from typing import Any
 
 from cyclegan_dist.errors import UserError
 
+# ---- names that become path components (run, experiment) and values that reach a shell or an sbatch line
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(label: str, value: str) -> str:
+    """``value`` if it is one safe path component (letters, digits, '.', '_', '-'; not '.'/'..', no '/'), else a
+    UserError naming ``label``: run and experiment names become directories under the run root."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise UserError(f"{label} {value!r} is not a valid name: use 1-100 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit (it becomes one directory under the run root)")
+    return value
+
+
+def check_text(label: str, value: str) -> str:
+    """``value`` if it holds no control character (a newline would end an sbatch or shell line), else a
+    UserError."""
+    if _CONTROL.search(str(value)):
+        raise UserError(f"{label} {value!r} contains a control character (newline, tab, ...); remove it")
+    return value
+
+
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
@@ -43,6 +67,7 @@ EVENTS = "events.jsonl"
 WANDB = "wandb-run.json"
 SAMPLES = "samples"
 ARCHIVE = "archive"
+WRITER_LOCK = ".writer.lock"  # held by the one process writing the run (cyclegan_dist/writer_lock.py)
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step-"
 COMPLETE = "complete"
@@ -239,7 +264,8 @@ class RunDir:
         return self.checkpoints / best["checkpoint"] if best else self.latest()
 
     def archive(self) -> Path:
-        """Move everything this directory holds (but the manifest and archives) into ``archive/<time>/``."""
+        """Move everything this directory holds (but the manifest, the archives and the writer's lock) into
+        ``archive/<time>/``."""
         target = self.path / ARCHIVE / time.strftime("%Y%m%d-%H%M%S")
         n = 1
         while target.exists():
@@ -247,7 +273,7 @@ class RunDir:
             target = target.with_name(f"{target.name.split('.')[0]}.{n}")
         target.mkdir(parents=True)
         for item in self.path.iterdir():
-            if item.name not in (ARCHIVE, MANIFEST):
+            if item.name not in (ARCHIVE, MANIFEST, WRITER_LOCK):
                 shutil.move(str(item), target / item.name)
         fsync_dir(self.path)
         return target

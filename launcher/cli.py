@@ -164,9 +164,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cyclegan_dist.rundir import check_name
     from launcher import report
     from launcher.submit import split_list
 
+    if args.name is not None:
+        check_name("--name", args.name)  # reports/<name>/
     path = report.make_report(_run_root(args), split_list(args.exp) or None, split_list(args.runs) or None,
                               args.name, Path(args.out).expanduser().absolute())
     print(f"wrote {path} and {path.parent / 'grid.png'}, {path.parent / 'curves.png'}")

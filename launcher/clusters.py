@@ -28,6 +28,7 @@ from typing import Any
 
 from cyclegan_dist.config import read_yaml_mapping
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import check_text
 
 # Every SLURM profile names all of these (null = leave it to the cluster's defaults).
 SLURM_KEYS = ("executor", "partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem", "time",
@@ -146,6 +147,10 @@ def profile_from_dict(raw: dict[str, Any], path: Path) -> Profile:
     extra = raw.get("sbatch_extra") or {}
     if not isinstance(extra, dict):
         raise UserError(f"{path}: 'sbatch_extra' must be a mapping of sbatch options, got {extra!r}")
+    for key, value in [*((k, raw.get(k)) for k in ("partition", "account", "qos", "constraint", "run_root")),
+                       *(("setup", line) for line in setup), *((f"sbatch_extra.{k}", v) for k, v in extra.items())]:
+        if value is not None:  # a newline would end its #SBATCH or shell line: the rest would run as a command
+            check_text(f"{path}: '{key}'", str(value))
     mem = raw.get("mem")
     if mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(mem)):
         raise UserError(f"{path}: 'mem' must look like 64G or 4000M (memory per node), got {mem!r}")

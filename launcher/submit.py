@@ -81,8 +81,16 @@ def parse_seeds(values: list[str] | None) -> list[int] | None:
 def plan(args) -> Plan:
     """Every check, no side effect: the runs, their configs, the profile, the resources."""
     from cyclegan_dist.config import known_experiments, load_config, resolve_config_path
+    from cyclegan_dist.rundir import check_name, check_text
 
     experiments = split_list(args.exp)
+    for label, value in (("--name", args.name), ("--partition", args.partition)):
+        if value is not None:
+            check_name(label, value)
+    for label, value in (("--run-root", args.run_root), ("--time", args.time), *(("--set", o) for o in
+                                                                                  args.overrides or [])):
+        if value is not None:
+            check_text(label, value)
     if not experiments:
         known = ", ".join(known_experiments())
         raise UserError(f"--exp: give one or more experiments, comma-separated; known: {known}")
@@ -242,10 +250,10 @@ def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:
         if not r.run_dir.exists():
             r.run_dir.mkdir(parents=True)
             created.append(r.run_dir)
-    code = take_snapshot(p.folder) if p.snapshot else live_code()
-    env = job_env(code["path"])
     captured = io.StringIO()  # submitit prints sbatch's stderr itself before raising: keep the one-line error
-    try:
+    try:  # whatever fails from here on (the snapshot, sbatch) leaves nothing of this submission behind
+        code = take_snapshot(p.folder) if p.snapshot else live_code()
+        env = job_env(code["path"])
         executor = make_executor(p.profile, p.resources, p.folder, p.job_name, time_min=p.time_min,
                                  partition=p.partition, env=env, workdir=code["path"] if p.snapshot else None)
         local = p.profile.executor == "local"

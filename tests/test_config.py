@@ -43,12 +43,32 @@ def test_overrides_are_typed():
         ("train.channels_last=maybe", "train.channels_last must be true or false"),
         ("train.steps", "must look like section.key=value"),
         ("train.steps=0", "train.steps must be > 0"),
+        ("train.beta1=5", "train.beta1 and train.beta2 must be within [0, 1), got 5.0"),
+        ("train.beta2=-0.1", "train.beta1 and train.beta2 must be within [0, 1)"),
+        ("train.lr=.inf", "train.lr must be a finite number, got inf"),
+        ("loss.d_loss_weight=.nan", "loss.d_loss_weight must be a finite number, got nan"),
+        ("loss.d_loss_weight=0", "loss.d_loss_weight must be > 0"),
+        ("model.n_layers_d=-3", "model.n_layers_d must be >= 1, got -3"),
+        ("model.init_gain=0", "model.init_gain must be > 0"),
+        ("eval.num_photos=1", "eval.num_photos must be >= 2"),
+        ("train.fp16_init_scale=0.5", "train.fp16_init_scale must be >= 1"),
+        ("train.nonfinite_skip=gpu", "choose one of: auto, host, device"),
     ],
 )
 def test_bad_values_name_the_key_and_the_choices(override, expected):
     with pytest.raises(UserError) as info:
         load_config("smoke", [override])
     assert expected in str(info.value)
+
+
+def test_submit_rejects_a_bad_value_before_queueing_anything(tmp_path):
+    """The same check in ``launcher submit --dry-run`` as in ``train``: one line, exit 2, nothing written."""
+    from helpers import run_cli
+
+    out = run_cli("submit", "--exp", "smoke", "--set", "train.beta1=5", "--run-root", tmp_path / "runs", "--dry-run",
+                  module="launcher", check=False)
+    assert out.returncode == 2 and "train.beta1 and train.beta2 must be within [0, 1)" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
 
 
 def test_yaml_booleans_are_read_as_choice_words():

@@ -165,6 +165,21 @@ def test_compute_fid_mifid_combines_the_pieces():
     assert res2["n_train"] == 20
 
 
+def test_a_set_against_itself_never_scores_negative():
+    """FID(x, x) is 0 up to sqrtm's round-off, which can be negative: the reported FID is clamped at 0, and MiFID
+    (memorization distance 0) is the round-off's magnitude over 1e-14, a huge positive number, never negative."""
+    rng = np.random.default_rng(7)
+    raws = []
+    for seed in range(6):
+        feats = rng.normal(size=(150, 64)) + np.random.default_rng(seed).normal(size=64)
+        res = compute_fid_mifid(feats, feats)
+        raw = frechet_distance(*statistics(feats), *statistics(feats))
+        raws.append(raw)
+        assert res["fid"] == max(raw, 0.0) and res["memorization_distance"] < 1e-12
+        assert res["mifid"] == abs(raw) / (res["memorization_distance"] + 1e-14) >= 0
+    assert any(r < 0 for r in raws), f"no negative round-off among {raws}: the case this test guards is not made"
+
+
 def test_real_stats_cache_roundtrip(tmp_path):
     cache = RealStatsCache(tmp_path / "c")
     key = RealStatsCache.make_key("dir:/data/monet:abc", "299-tf1-bilinear-float", "sha")
@@ -428,3 +443,21 @@ def test_fid_cli_dir_zip_shards_json_mifid_and_cache(tmp_path, inc, photos, caps
     with pytest.raises(UserError, match="no_such.pt"):
         _run_fid(["fid", "--generated", str(real_dir), "--real", str(real_dir), "--inception",
                   str(tmp_path / "no_such.pt"), "--no-cache", "--quiet"])
+
+
+def test_fid_of_a_single_image_is_one_clear_line(tmp_path, photos):
+    """One generated image: exit 2 with one line naming the set and the minimum, before the Inception loads."""
+    from helpers import run_cli
+
+    one, many = tmp_path / "one", tmp_path / "many"
+    one.mkdir()
+    many.mkdir()
+    keys = sorted(photos)
+    Image.fromarray(photos[keys[0]]).save(one / "a.jpg")
+    for k in keys[:3]:
+        Image.fromarray(photos[k]).save(many / f"{k}.jpg")
+    out = run_cli("fid", "--generated", one, "--real", many, "--inception", tmp_path / "no-such-inception.pt",
+                  check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"--generated {one}: 1 readable image(s); FID needs at least 2" in out.stderr
+    assert ">= 2,048" in out.stderr

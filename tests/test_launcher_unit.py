@@ -266,3 +266,27 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert not run_root.exists()
+
+
+@pytest.mark.parametrize("args, label", [
+    (["--name", "demo\ntouch /tmp/x #"], "--name"),
+    (["--name", "../../../escape"], "--name"),
+    (["--name", ".."], "--name"),
+    (["--name", "/abs/path"], "--name"),
+    (["--partition", "gpu\nhostile"], "--partition"),
+    (["--set", "experiment=../x"], "experiment"),
+    (["--set", "data.root=/a\nb"], "--set"),
+    (["--run-root", "runs\nx"], "--run-root"),
+])
+def test_hostile_names_and_values_are_refused_before_anything_is_written(tmp_path, args, label):
+    """Names become one directory under the run root and values reach an sbatch script: a newline, a '/' or '..'
+    is one clear line and exit 2, and the run root stays empty."""
+    root = tmp_path / "runs"
+    cmd = ["submit", "--exp", "smoke", "--cluster", "testcluster", "--gpus", "2", "--dry-run", *args]
+    if "--run-root" not in args:
+        cmd += ["--run-root", root]
+    out = launcher(*map(str, cmd), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert label in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not root.exists() and not (tmp_path / "escape").exists()
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "cyclegan_dist"
 LAYERS = {
     "cyclegan_dist": 0, "cyclegan_dist.errors": 0, "cyclegan_dist.config": 0, "cyclegan_dist.rundir": 0,
     "cyclegan_dist.images": 0,
-    "cyclegan_dist.cache": 0, "cyclegan_dist.tables": 0,
+    "cyclegan_dist.cache": 0, "cyclegan_dist.tables": 0, "cyclegan_dist.writer_lock": 0,
     "cyclegan_dist.data": 1, "cyclegan_dist.models": 1, "cyclegan_dist.eval": 1, "cyclegan_dist.checkpoint": 1,
     "cyclegan_dist.tracking": 1, "cyclegan_dist.losses": 1, "cyclegan_dist.image_pool": 1, "cyclegan_dist.augment": 1,
     "cyclegan_dist.summary": 1,

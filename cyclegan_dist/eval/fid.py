@@ -8,6 +8,9 @@
   ``min_j d_ij``. (torchmetrics' MiFID takes the min/mean the other way round: not this.)
   Kaggle drops rows whose *sum* is 0; Inception pool features are non-negative, so that is the same as all-zero.
 * MiFID = FID / (d_thr + 1e-14), with d_thr = d if d < 0.1 else 1.
+* Round-off: the FID of a set against itself is 0 up to ``sqrtm``'s round-off (-1.4e-4 measured on 150 images),
+  which may be negative. The reported FID is clamped at 0; MiFID divides the round-off's magnitude, so a memorised
+  set scores a huge positive MiFID (as Kaggle's formula gives for a positive round-off), never a negative one.
 """
 
 from __future__ import annotations
@@ -102,11 +105,11 @@ def compute_fid_mifid(gen_features, real_features=None, train_features=None, *, 
     if train_features is None:
         raise ValueError("give train_features (or real_features) for the memorization distance")
     mu_g, sigma_g = statistics(gen)
-    fid = frechet_distance(mu_g, sigma_g, *real_stats)
+    raw = frechet_distance(mu_g, sigma_g, *real_stats)
     d = memorization_distance(gen, train_features)
     return {
-        "fid": fid,
-        "mifid": mifid(fid, d, eps=eps, threshold=threshold),
+        "fid": max(raw, 0.0),
+        "mifid": mifid(abs(raw), d, eps=eps, threshold=threshold),
         "memorization_distance": d,
         "memorization_distance_thresholded": d if d < threshold else 1.0,
         "threshold": threshold,

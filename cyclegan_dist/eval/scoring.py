@@ -39,6 +39,8 @@ def score_sources(generated: str, real: str, train: str | None = None, *, incept
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     gen_src, real_src = ImageSource(generated), ImageSource(real)  # path mistakes fail before the network loads
+    for label, src in (("--generated", gen_src), ("--real", real_src)):
+        _enough_images(label, src.path, src.count)
     same = train is None or os.path.abspath(train) == os.path.abspath(real)
     train_src = None if same else ImageSource(train)
     net = InceptionFeatures(inception, device=device, batch_size=batch_size, progress=progress)
@@ -51,8 +53,20 @@ def score_sources(generated: str, real: str, train: str | None = None, *, incept
     mu, sigma, real_feats, real_hit = real_set(real_src, "real")
     train_feats, train_hit = (real_feats, real_hit) if train_src is None else real_set(train_src, "train")[2:]
     gen_feats = net.from_iterable(gen_src, total=gen_src.count, desc="generated")
+    _enough_images("--generated", gen_src.path, len(gen_feats))  # after unreadable images were skipped
     result = compute_fid_mifid(gen_feats, real_feats, train_feats, real_stats=(mu, sigma))
     result.update(n_real=len(real_feats), generated=str(generated), real=str(real), train=str(train or real),
                   skipped_generated=gen_src.n_skipped, real_cache_hit=bool(real_hit), train_cache_hit=bool(train_hit),
                   inception=str(net.path), inception_sha1=net.sha1, device=str(net.device))
     return result
+
+
+MIN_IMAGES_FOR_FID = 2  # a covariance needs two samples
+MEANINGFUL_IMAGES_FOR_FID = 2048  # the 2048-d features' covariance is full rank from here on
+
+
+def _enough_images(label: str, path: str, count: int | None) -> None:
+    """FID needs at least 2 images (one line, not a numpy traceback); fewer than 2,048 is allowed but biased."""
+    if count is not None and count < MIN_IMAGES_FOR_FID:
+        raise UserError(f"{label} {path}: {count} readable image(s); FID needs at least {MIN_IMAGES_FOR_FID} (a "
+                        f"covariance), and >= {MEANINGFUL_IMAGES_FOR_FID:,} for a value worth comparing")

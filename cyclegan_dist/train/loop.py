@@ -16,6 +16,7 @@ from cyclegan_dist.config import Config, write_config
 from cyclegan_dist.rundir import RunDir
 from cyclegan_dist.train import runtime
 from cyclegan_dist.train.session import Session
+from cyclegan_dist.writer_lock import WriterLock
 
 
 def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool = False, run_name: str | None = None,
@@ -26,8 +27,9 @@ def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool 
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     runtime.seed_everything(config.seed, rt.rank)
-    session = None
+    session, lock = None, WriterLock(run.path)
     try:
+        rt.collective_check(lambda: lock.acquire() if rt.is_main else None, "rank 0 could not hold the run directory")
         session = Session(config, run, rt, resume=resume, archive=archive, run_name=run_name, progress=progress)
         if rt.is_main:
             write_config(config, run.config)
@@ -35,6 +37,7 @@ def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool 
     finally:
         if session is not None:
             session.close()
+        lock.release()
         rt.shutdown()
 
 

@@ -143,6 +143,19 @@ class Runtime:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag
 
+    def collective_check(self, check, elsewhere: str) -> None:
+        """Run ``check`` here; if it raises a UserError on any rank, every rank raises one (the failing rank its
+        own, the others ``elsewhere``), so no rank goes on to wait alone in a collective."""
+        error = None
+        try:
+            check()
+        except UserError as exc:
+            error = exc
+        if self.world > 1 and self.sum(torch.tensor([1.0 if error else 0.0])).item() > 0 and error is None:
+            error = UserError(elsewhere)
+        if error is not None:
+            raise error
+
     def gather_object(self, obj: Any) -> list[Any]:
         from accelerate.utils import gather_object
 
