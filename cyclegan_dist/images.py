@@ -15,6 +15,10 @@
   ``<set>-NNNNNN.tar``, one set of a shard root by name, a ``.tar``, a glob, a brace pattern or a list), yielding
   ``(name, uint8 H x W x 3)`` in a stable order. Unreadable images are skipped, counted and reported once; a
   source with no readable image is a :class:`UserError`.
+* **Zip limits** (:func:`check_zip_member`, :func:`read_zip_member`): every zip member is judged by the sizes its
+  central directory declares before a byte of it is inflated (a member too large, or compressed too well, to be
+  an image is a :class:`UserError`), then read through a stream that never holds more than the limit, so memory
+  follows the input, not what a zip claims to expand to.
 """
 
 from __future__ import annotations
@@ -42,6 +46,18 @@ JPEG_QUALITY = 95
 JPEG_MAGIC = b"\xff\xd8\xff"  # start of image, then the first marker
 JPEG_SUBSAMPLING = "4:4:4"
 _PIL_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+# Zip members of a photo source (FID, export, collect). One member at most ZIP_PHOTO_MAX_BYTES: an uncompressed
+# 8-bit RGB photo (BMP/TIFF/PPM) of 22 megapixels is 64 MiB, JPEG/PNG/WebP photos of any camera are far smaller,
+# and FID and export shrink every image to 299 or 256 pixels anyway.
+ZIP_PHOTO_MAX_BYTES = 64 * 2**20
+# Inflated/compressed size of a photo member at most ZIP_PHOTO_MAX_RATIO: deflate cannot exceed ~1032:1, which a
+# flat uncompressed BMP reaches (measured 1028:1; a flat 24-megapixel JPEG ~450:1), so more is bzip2/lzma of
+# degenerate data, not a photo.
+ZIP_PHOTO_MAX_RATIO = 1100
+# The ratio is judged from this inflated size up: a smaller member cannot amplify much, and small non-images that
+# zips carry (.DS_Store, mostly zeros) legitimately compress far better than any image.
+ZIP_RATIO_FROM = 64 * 2**10
 
 
 # ------------------------------------------------------------------------------------------ decoding
@@ -198,6 +214,40 @@ def iter_tar_samples(urls: Sequence[str], on_error=None, rank: int = 0, world_si
     yield from pipeline
 
 
+# ------------------------------------------------------------------------------------------ zip limits
+
+
+def check_zip_member(zip_path: str | os.PathLike, info: zipfile.ZipInfo, max_bytes: int, max_ratio: float,
+                     what: str, fix: str) -> None:
+    """UserError when the central directory entry ``info`` declares more than ``max_bytes`` inflated, or a ratio
+    inflated/compressed above ``max_ratio`` (from :data:`ZIP_RATIO_FROM` bytes up). Reads nothing but ``info``:
+    call it before opening the member. ``what`` names what the member should be, ``fix`` what to do."""
+    size, packed = info.file_size, info.compress_size
+    if size > max_bytes:
+        raise UserError(f"{zip_path}: member {info.filename!r} would inflate to {size:,} bytes, over the "
+                        f"{max_bytes:,}-byte limit for {what}; {fix}")
+    if size >= ZIP_RATIO_FROM and size > max_ratio * packed:
+        raise UserError(f"{zip_path}: member {info.filename!r} would inflate {packed:,} bytes to {size:,} (ratio "
+                        f"{size / max(packed, 1):,.0f}:1), over the {max_ratio:,}:1 limit for {what}; {fix}")
+
+
+def read_zip_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
+    """A member's bytes, streamed (never more than ``max_bytes + 1`` inflated, whatever its headers say), CRC
+    checked; UserError when it holds more than ``max_bytes``."""
+    with z.open(info) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UserError(f"{z.filename}: member {info.filename!r} inflates to more than {max_bytes:,} bytes (the "
+                        f"limit), although its header says {info.file_size:,}: a damaged or hostile zip")
+    return data
+
+
+def _check_photo_member(zip_path, info: zipfile.ZipInfo) -> None:
+    check_zip_member(zip_path, info, ZIP_PHOTO_MAX_BYTES, ZIP_PHOTO_MAX_RATIO, "a photo",
+                     "not an image this tool reads (a zip bomb?): remove it from the zip, or if it really is a "
+                     "photo, unpack the zip and pass the folder")
+
+
 # ------------------------------------------------------------------------------------------ sources
 
 
@@ -264,8 +314,11 @@ class ImageSource:
         elif p.is_file() and zipfile.is_zipfile(p):
             self.kind, self.root = "zip", p
             with zipfile.ZipFile(p) as z:
-                self.names = sorted(n for n in z.namelist()
-                                    if not n.endswith("/") and not n.startswith("__MACOSX/") and is_image_name(n))
+                infos = [i for i in z.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")
+                         and is_image_name(i.filename)]
+            for info in infos:  # from the central directory, before anything is inflated
+                _check_photo_member(p, info)
+            self.names = sorted(i.filename for i in infos)
             if not self.names:
                 raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found in zip file {p}")
         elif p.is_file() and p.name.endswith(".tar"):
@@ -332,9 +385,15 @@ class ImageSource:
         with zipfile.ZipFile(self.root) as z:
             for n in self.names:
                 try:
-                    yield n, z.read(n)
-                except Exception as e:  # noqa: BLE001 - BadZipFile, CRC errors, encrypted entries
+                    info = z.getinfo(n)
+                    _check_photo_member(self.root, info)  # again: the zip may have been replaced since
+                    data = read_zip_member(z, info, ZIP_PHOTO_MAX_BYTES)
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - BadZipFile, CRC errors, encrypted entries, a vanished name
                     self._skip(n, e)
+                    continue
+                yield n, data
 
     def _shards(self):
         def on_error(exn: Exception) -> bool:

@@ -4,13 +4,17 @@ Kaggle's rule: the notebook outputs ``images.zip`` holding 7,000-10,000 images o
 :class:`SubmissionWriter` streams JPEGs into the zip, flat, with unique names, under a temporary name that only
 replaces the final one once complete. :func:`check_submission` checks, per entry: stored at the top level (no
 folders: the safe layout), a ``.jpg``/``.jpeg`` name, JPEG by content (magic bytes and PIL's format, not the
-extension), decodes completely (CRC included), RGB (not grey scale / CMYK), exactly ``size``; names unique; and
-the total count within ``[min_count, max_count]``.
+extension), RGB (not grey scale / CMYK), exactly ``size`` and, if so, decodes completely (CRC included); names
+unique; and the total count within ``[min_count, max_count]``. Before any entry is inflated, the zip's central
+directory must declare sizes a submission can have (:data:`SUBMISSION_MEMBER_MAX` and :data:`SUBMISSION_MAX_RATIO`
+per entry, :data:`SUBMISSION_TOTAL_MAX` in all, at most ``max_count`` + :data:`SUBMISSION_ENTRY_SLACK` entries),
+else a :class:`UserError`; entries are then read through a bounded stream.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
 import zipfile
@@ -21,13 +25,26 @@ from pathlib import Path
 from PIL import Image
 
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.images import JPEG_MAGIC
+from cyclegan_dist.images import JPEG_MAGIC, check_zip_member, read_zip_member
 from cyclegan_dist.rundir import fsync_dir, fsync_file
 
 KAGGLE_MIN, KAGGLE_MAX = 7000, 10000
 KAGGLE_SIZE = 256
 KAGGLE_NAME = "images.zip"
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO = multi-picture JPEG, still a JPEG stream
+
+# Limits read from the zip's central directory before anything is inflated (a zip bomb fails in milliseconds).
+# One entry of a 256x256 submission: the largest such JPEG (random noise, quality 100, no chroma subsampling) is
+# 263 KiB; 2 MiB leaves room for metadata (EXIF, ICC profiles). Scaled by the pixel count for a larger --size.
+SUBMISSION_MEMBER_MAX = 2 * 2**20
+# Inflated/compressed size of one entry: JPEG data is entropy-coded already, deflate gains ~1.0x on a photo and
+# ~6x on a flat-colour 256x256 JPEG; above 50x the entry is not a JPEG (judged from ZIP_RATIO_FROM bytes up).
+SUBMISSION_MAX_RATIO = 50
+# Entries beyond max_count that are still checked one by one (the report then says how many there are too many);
+# a zip with more is refused unread.
+SUBMISSION_ENTRY_SLACK = 1000
+# All entries together: Kaggle's most images (plus the slack) of the largest size each (21.5 GiB for 256x256).
+SUBMISSION_TOTAL_MAX = (KAGGLE_MAX + SUBMISSION_ENTRY_SLACK) * SUBMISSION_MEMBER_MAX
 
 # problem category -> how it reads in a message
 CATEGORIES = {
@@ -64,8 +81,35 @@ class SubmissionReport:
         return "\n".join(lines)
 
 
-def _check_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, size: tuple[int, int]) -> list[tuple[str, str]]:
-    """[(category, detail)] for one file entry; [] when it is fine."""
+_FIX = "not a submission image (a zip bomb?): rebuild the zip from the exported JPEGs"
+
+
+def check_zip_limits(path: Path, infos: list[zipfile.ZipInfo], max_count: int, size: tuple[int, int]) -> int:
+    """UserError (naming the zip, the entry, its size and the limit) when the central directory declares more
+    entries, bytes or compression than a submission can have; else the per-entry byte limit. Inflates nothing."""
+    scale = max(1, math.ceil(size[0] * size[1] / KAGGLE_SIZE**2))
+    member_max, total_max = SUBMISSION_MEMBER_MAX * scale, SUBMISSION_TOTAL_MAX * scale
+    most = max(max_count, KAGGLE_MAX)
+    entries_max = most + SUBMISSION_ENTRY_SLACK
+    if len(infos) > entries_max:
+        raise UserError(f"{path}: {len(infos):,} entries, over the limit of {entries_max:,} ({most:,} images at most, "
+                        f"plus {SUBMISSION_ENTRY_SLACK:,}); refused unread: rebuild the zip with at most "
+                        f"{max_count:,} JPEGs")
+    what = f"a {size[0]}x{size[1]} JPEG"
+    for info in infos:
+        check_zip_member(path, info, member_max, SUBMISSION_MAX_RATIO, what, _FIX)
+    total = sum(i.file_size for i in infos)
+    if total > total_max:
+        largest = max(infos, key=lambda i: i.file_size)
+        raise UserError(f"{path}: its {len(infos):,} entries would inflate to {total:,} bytes in all, over the "
+                        f"{total_max:,}-byte limit ({KAGGLE_MAX + SUBMISSION_ENTRY_SLACK:,} entries of at most "
+                        f"{member_max:,}; the largest here: {largest.filename!r}, {largest.file_size:,} bytes); {_FIX}")
+    return member_max
+
+
+def _check_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, size: tuple[int, int],
+                 max_bytes: int = SUBMISSION_MEMBER_MAX) -> list[tuple[str, str]]:
+    """[(category, detail)] for one file entry; [] when it is fine. Reads at most ``max_bytes`` of it."""
     out: list[tuple[str, str]] = []
     name = info.filename
     if "/" in name.rstrip("/") or "\\" in name:
@@ -73,13 +117,16 @@ def _check_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, size: tuple[int, int
     if not name.lower().endswith((".jpg", ".jpeg")):
         out.append(("bad_name", ""))
     try:
-        data = z.read(info)  # checks the CRC
+        data = read_zip_member(z, info, max_bytes)  # streamed, bounded, checks the CRC
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - BadZipFile, zlib.error, RuntimeError (encrypted), ...
         return out + [("undecodable", f"{type(e).__name__}: {e}")]
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, mode, wh = im.format, im.mode, im.size
-            im.load()
+            if tuple(wh) == tuple(size):  # a wrong size is wrong already: not decoded (a few KB can declare 100 MP)
+                im.load()
     except Exception as e:  # noqa: BLE001
         kind = "JPEG" if data.startswith(JPEG_MAGIC) else "not JPEG"
         return out + [("undecodable", f"{kind}, {type(e).__name__}: {e}")]
@@ -111,6 +158,7 @@ def check_submission(zip_path: str | os.PathLike, min_count: int = KAGGLE_MIN, m
     try:
         with zipfile.ZipFile(p) as z:
             infos = z.infolist()
+            member_max = check_zip_limits(p, infos, max_count, rep.size)  # before anything is inflated
             files = [i for i in infos if not i.is_dir()]
             rep.count = len(files)
             for i in infos:
@@ -126,7 +174,7 @@ def check_submission(zip_path: str | os.PathLike, min_count: int = KAGGLE_MIN, m
 
                 it = tqdm(files, desc="checking", unit="img")
             for info in it:
-                for cat, detail in _check_entry(z, info, rep.size):
+                for cat, detail in _check_entry(z, info, rep.size, member_max):
                     bad.setdefault(cat, []).append(f"{info.filename} ({detail})" if detail else info.filename)
                     bad_entries.add(info.filename)
     except zipfile.BadZipFile as e:
