@@ -7,7 +7,7 @@ their traceback.
   export                a trained generator -> a checked Kaggle images.zip (or the generator alone)
   validate-submission   check an images.zip as Kaggle reads it
   fid                   FID, memorization distance and MiFID of generated images (as Kaggle scores them)
-  configs               the experiments and cluster profiles this installation knows, and where they are
+  configs               the experiments this installation knows, and where they are
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from typing import Sequence
 
 from cyclegan_dist.data.shards import SHARD_FORMATS
 from cyclegan_dist.errors import UserError
+
+USER_HELP = ("Train CycleGAN photo->painting models and turn them into Kaggle submissions. A mistake in the input "
+             "prints one line (error: ...) and exits 2. Cluster jobs: python -m launcher --help.")
 
 # ------------------------------------------------------------------------------------------------ train
 
@@ -281,7 +284,7 @@ def parse_device(name: str | None):
 
 
 def add_configs(sub) -> None:
-    p = sub.add_parser("configs", help="the experiments and cluster profiles found, and where (search order)")
+    p = sub.add_parser("configs", help="the experiments found, and where (search order)")
     p.add_argument("--path", metavar="NAME", help="print the path of one file, e.g. resnet9, accelerate/multi_gpu.yaml")
     p.set_defaults(func=cmd_configs)
 
@@ -292,9 +295,10 @@ def cmd_configs(args: argparse.Namespace) -> int:
     if args.path:
         print(find_config_file(args.path))
         return 0
-    print("config search path (first match wins): " + ", ".join(map(str, config_search_path())))
+    print("experiments; search path (first match wins): " + ", ".join(map(str, config_search_path())))
     for name, path in known_experiments().items():
         print(f"  {name:<16} {path}")
+    print("(cluster profiles: python -m launcher clusters)")
     return 0
 
 
@@ -302,8 +306,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan_dist", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
+    parser = argparse.ArgumentParser(prog="python -m cyclegan_dist", description=USER_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train, add_prepare, add_export, add_validate_submission, add_fid, add_configs):

@@ -263,6 +263,17 @@ class RunDir:
         best = self.best()
         return self.checkpoints / best["checkpoint"] if best else self.latest()
 
+    def remove_if_unused(self, made: list[Path]) -> None:
+        """After a start-up that failed before writing anything: remove the directories in ``made`` (this one and
+        the parents the start-up created) if they hold nothing but the writer's lock."""
+        if self.path.is_dir() and set(os.listdir(self.path)) <= {WRITER_LOCK}:
+            (self.path / WRITER_LOCK).unlink(missing_ok=True)
+        for path in made:
+            try:
+                path.rmdir()  # only when empty
+            except OSError:
+                return
+
     def archive(self) -> Path:
         """Move everything this directory holds (but the manifest, the archives and the writer's lock) into
         ``archive/<time>/``."""

@@ -53,6 +53,8 @@ def human_summary(result: dict[str, Any]) -> str:
                      f"doing nothing scores {result['psnr_identity']:.2f} dB")
     run = RunDir(result["run_dir"])
     lines.append(f"  run directory: {run.path}")
+    lines.append(f"  metrics: {run.metrics_path}")
+    lines.append(f"  events and warnings: {run.events_path}")
     if result.get("checkpoint"):
         lines.append(f"  newest checkpoint: {result['checkpoint']}")
     if result.get("samples"):
@@ -67,6 +69,9 @@ def human_summary(result: dict[str, Any]) -> str:
         lines.append(f"  {len(warnings)} warning(s), the last: {warnings[-1]['service']}: {warnings[-1]['message']}")
     if status == "stopped":
         lines.append(f"  continue with: python -m cyclegan_dist train --run-dir {run.path} --resume auto (same config)")
+    if status == "completed" and result.get("checkpoint"):
+        lines.append(f"  next: python -m cyclegan_dist export --checkpoint {run.path} --photos PHOTOS --out images.zip"
+                     " (a Kaggle submission), or python -m launcher report to compare runs")
     if done == 0 and status == "completed":
         lines.append("  (nothing to train: the run had reached train.steps already; raise train.steps to train longer)")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cyclegan_dist.errors import UserError
-from launcher import runs
+from launcher import clusters, runs
 
 
 def _run_root(args: argparse.Namespace) -> Path:
@@ -271,7 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="follow the logs while the job runs (Ctrl-C stops)")
     common(p)
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("clusters", help="the cluster profiles found, and where (search order)")
+    p.set_defaults(func=cmd_clusters)
     return parser
+
+
+def cmd_clusters(args: argparse.Namespace) -> int:
+    print("cluster profiles (--cluster NAME); search path (first match wins): "
+          + ", ".join(map(str, clusters.profile_search_path())))
+    for name, path in clusters.known_profiles().items():
+        print(f"  {name:<16} {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class Profile:
     setup: tuple[str, ...] = ()
     run_root: str | None = None
     sbatch_extra: dict[str, Any] = field(default_factory=dict)
+    why: str = ""  # how --cluster resolved to this profile (printed before anything is submitted)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "executor": self.executor, "time_min": self.time_min,
@@ -81,6 +82,16 @@ def known_profiles() -> dict[str, Path]:
     return found
 
 
+def partition_nodes(partition: str | None) -> int | None:
+    """How many nodes ``sinfo`` reports (in ``partition``, or all), or None when it cannot be asked."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%N"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return len(set(out.stdout.split())) if out.returncode == 0 else None
+
+
 def have_sbatch() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("srun") is not None
 
@@ -93,12 +104,16 @@ def resolve_cluster(name: str = "auto", require_sbatch: bool = True) -> Profile:
             if name == "slurm":
                 raise UserError("--cluster slurm: sbatch/srun not found on PATH; this machine is no SLURM login "
                                 "node (use --cluster local to run here)")
-            return load_profile("local")
+            return replace(load_profile("local"), why=f"--cluster {name}: no sbatch on PATH, so this machine")
         wanted = os.environ.get("CYCLEGAN_CLUSTER")
+        found = f"--cluster {name}: sbatch found ({shutil.which('sbatch') or 'none: dry run'})"
         if wanted:
-            return load_profile(wanted)
-        return load_profile("default" if "default" in known_profiles() else "testcluster")
-    profile = load_profile(name)
+            return replace(load_profile(wanted), why=f"{found}; profile from $CYCLEGAN_CLUSTER={wanted}")
+        if "default" in known_profiles():
+            return replace(load_profile("default"), why=f"{found}; your profile 'default'")
+        return replace(load_profile("testcluster"), why=f"{found}; no profile 'default' (put yours in "
+                       "slurm/clusters/default.yaml or set $CYCLEGAN_CLUSTER), so the local test cluster's profile")
+    profile = replace(load_profile(name), why=f"--cluster {name}")
     if profile.executor == "slurm" and require_sbatch and not have_sbatch():
         raise UserError(f"cluster profile {profile.name} submits to SLURM, but sbatch/srun are not on PATH here; "
                         "submit from a login node of that cluster, or use --cluster local")

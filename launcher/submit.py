@@ -188,6 +188,13 @@ def describe(p: Plan) -> str:
     r, prof = p.resources, p.profile
     lines = [(f"cluster {prof.name} ({prof.executor}), {r.describe()}, "
               f"time {clusters.format_minutes(p.time_min)}, max requeues {prof.max_requeues}")]
+    if prof.why:
+        lines.append(f"  why this cluster: {prof.why}")
+    if prof.executor == "slurm":
+        available = clusters.partition_nodes(p.partition or prof.partition)
+        if available is not None and r.nodes > available:
+            lines.append(f"  warning: the plan needs {r.nodes} nodes, sinfo reports {available} in partition "
+                         f"{p.partition or prof.partition or '(default)'}: the job would wait in the queue forever")
     for run in p.runs:
         lines.append(f"  {run.experiment:<10} seed {run.seed:<3} -> {run.run_dir}")
     return "\n".join(lines)
@@ -197,7 +204,7 @@ def plan_details(p: Plan) -> str:
     """What ``--dry-run`` prints besides :func:`describe`: the resources per task, the budget, the estimate."""
     r, prof = p.resources, p.profile
     unit = "GPU" if r.gpus else "CPU rank"
-    lines = [f"nodes x tasks: {r.nodes} x {r.tasks_per_node} ({r.world_size} ranks, one per {unit}); "
+    lines = [f"nodes x tasks: {r.nodes} x {r.tasks_per_node} ({plural(r.world_size, 'rank')}, one per {unit}); "
              f"{r.cpus_per_task} CPU(s) per task; memory per node: {prof.mem or 'the partition default'}",
              f"time limit {clusters.format_minutes(p.time_min)} per attempt; up to {prof.max_requeues} requeues "
              f"(USR2 {prof.signal_delay_s} s before the limit: checkpoint, requeue, resume)",
@@ -216,7 +223,7 @@ def estimate(p: Plan, run: PlannedRun) -> str:
     records = [rec for old in runs.iter_runs(p.run_root, [run.experiment]) for rec in old.rundir.metrics()[-3:]
                if rec.get("world_size") == world and rec.get("step_time_s")]
     if not records:
-        return f"{steps:,} steps; no measured step time for it at {world} ranks yet (no estimate)"
+        return f"{steps:,} steps; no measured step time for it at {plural(world, 'rank')} yet (no estimate)"
     step_s = sorted(r["step_time_s"] for r in records)[len(records) // 2]
     hours = steps * step_s / 3600
     devices = p.resources.gpus or world
@@ -312,6 +319,10 @@ def submit(p: Plan) -> tuple[list[runs.Run], list[Any]]:
         runs.write_manifest(r.run_dir, manifest)
         out.append(runs.Run(r.run_dir, manifest))
     return out, jobs
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def job_env(code_path: str) -> dict[str, str]:

@@ -36,9 +36,11 @@ def test_progress_lines_and_summary(tmp_path):
     assert lines[-1].group(9) == "0s"
     summary = out.stdout
     assert summary.startswith("COMPLETED: steps 0 -> 6 on 1 rank(s)")
-    paths = {k: Path(v.strip().strip("`")) for k, v in re.findall(r"^  (run directory|newest checkpoint|sample grid): "
-                                                                    r"(.+)$", summary, re.M)}
-    assert set(paths) == {"run directory", "newest checkpoint", "sample grid"}, summary
+    names = ("run directory", "metrics", "events and warnings", "newest checkpoint", "sample grid")
+    paths = {k: Path(v.strip().strip("`")) for k, v in re.findall(rf"^  ({'|'.join(names)}): (.+)$", summary, re.M)}
+    assert set(paths) == set(names), summary
+    assert paths["metrics"] == run_dir / "metrics.jsonl" and paths["events and warnings"] == run_dir / "events.jsonl"
+    assert f"next: python -m cyclegan_dist export --checkpoint {run_dir} " in summary
     assert all(p.exists() for p in paths.values()), paths
     sync = re.search(r"upload with `wandb sync (\S+)`", summary)
     assert sync and Path(sync.group(1)).is_dir(), summary

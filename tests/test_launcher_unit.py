@@ -290,3 +290,40 @@ def test_hostile_names_and_values_are_refused_before_anything_is_written(tmp_pat
     assert label in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not root.exists() and not (tmp_path / "escape").exists()
     assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_cluster_profiles_are_listed_where_configs_points():
+    configs = subprocess.run([sys.executable, "-m", "cyclegan_dist", "configs"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=120)
+    assert configs.returncode == 0 and "python -m launcher clusters" in configs.stdout
+    out = launcher("clusters")
+    assert out.returncode == 0
+    listed = dict(line.split() for line in out.stdout.splitlines()[1:])
+    assert {"local", "testcluster", "example"} <= set(listed) and all(Path(p).is_file() for p in listed.values())
+
+
+def test_one_rank_is_not_plural(tmp_path):
+    out = launcher("submit", "--exp", "smoke", "--cluster", "local", "--gpus", "0", "--cpu-ranks", "1", "--dry-run",
+                   "--run-root", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr
+    assert "(1 rank, one per CPU rank)" in out.stdout and "1 ranks" not in out.stdout
+
+
+def test_submit_says_which_cluster_and_why_and_warns_beyond_sinfo(tmp_path):
+    """Where an sbatch exists, `--cluster auto` names the profile it picked and why; a plan for more nodes than
+    sinfo reports is warned about (stub sbatch/srun/sinfo: a login node of a 2-node cluster)."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, body in (("sbatch", "exit 1"), ("srun", "exit 0"), ("sinfo", "printf 'n1\\nn2\\nn1\\n'")):
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    env = {"PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "CYCLEGAN_CLUSTER": ""}
+    out = launcher("submit", "--exp", "smoke", "--gpus", "16", "--dry-run", "--run-root", str(tmp_path / "r"),
+                   env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"why this cluster: --cluster auto: sbatch found ({stubs / 'sbatch'})" in out.stdout
+    assert "so the local test cluster's profile" in out.stdout
+    assert "warning: the plan needs 8 nodes, sinfo reports 2 in partition debug" in out.stdout
+    fits = launcher("submit", "--exp", "smoke", "--gpus", "4", "--dry-run", "--run-root", str(tmp_path / "r"),
+                    env=env)
+    assert fits.returncode == 0 and "warning" not in fits.stdout

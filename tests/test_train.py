@@ -117,3 +117,16 @@ def test_smoke_training_beats_the_identity_baseline(tmp_path):
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["psnr_after"] > result["psnr_identity"] + 1.5, result
     assert result["psnr_after"] > result["psnr_before"] + 3.0, result
+
+
+def test_a_failed_start_leaves_no_empty_run_directory(tmp_path):
+    """A run that fails before writing anything (here: --resume names no checkpoint) removes the directories it
+    made for itself (the run directory and its new parents), and leaves one that already existed alone."""
+    out = run_cli("train", "--config", "smoke", "--run-dir", tmp_path / "new" / "exp" / "run", "--resume",
+                  tmp_path / "nothing", "--set", *TINY, check=False)
+    assert out.returncode == 2 and "not a complete checkpoint" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    out = run_cli("train", "--config", "smoke", "--run-dir", tmp_path / "kept", "--resume", tmp_path / "nothing",
+                  "--set", *TINY, check=False)
+    assert out.returncode == 2 and (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())

@@ -25,6 +25,7 @@ def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool 
     return). The result says how it ended: ``completed``, ``stopped`` (resumable) or ``diverged``."""
     rt = runtime.Runtime(config.train)
     run = RunDir(run_dir)
+    made = [p for p in (run.path, *run.path.parents) if not p.exists()]  # what a failed start-up removes again
     run.path.mkdir(parents=True, exist_ok=True)
     runtime.seed_everything(config.seed, rt.rank)
     session, lock = None, WriterLock(run.path)
@@ -34,6 +35,11 @@ def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool 
         if rt.is_main:
             write_config(config, run.config)
         return loop(session, config, stop_after)
+    except BaseException:
+        if session is None and rt.is_main:
+            lock.release()
+            run.remove_if_unused(made)
+        raise
     finally:
         if session is not None:
             session.close()

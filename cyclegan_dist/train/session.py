@@ -183,15 +183,14 @@ class Session:
         metrics.update({"lr": self.lr, "world_size": rt.world, "img_per_s": w.steps * t.batch_size * rt.world / elapsed,
                         "step_time_s": elapsed / w.steps, "data/skipped": skipped_samples,
                         "mem/peak_gb": peak_memory_gb(rt.device)})
-        scale = self.guard.loss_scale()
+        scale, failures = self.guard.loss_scale(), skipped_steps  # failures: skips that count against the policy
         if scale is None:
             metrics["train/skipped_steps"] = skipped_steps
         else:  # fp16: overflow skips are the loss scaler's range-finding; a collapsed scale is the failure
             metrics.update({"amp/overflow_skips": skipped_steps, "amp/loss_scale": scale})
-            if scale >= MIN_LOSS_SCALE:
-                skipped_steps = 0
+            failures = skipped_steps if scale < MIN_LOSS_SCALE else 0
         c = self.state.counters
-        c["skipped_steps"] += skipped_steps
+        c["skipped_steps"] += failures
         first_skips = skipped_samples and not c.get("skipped_samples")
         c["skipped_samples"] = c.get("skipped_samples", 0) + skipped_samples
         first_keys = sum(rt.gather_object(w.skipped_keys), [])[:5] if first_skips else []  # collective, rare
@@ -210,7 +209,7 @@ class Session:
         if scale is not None and scale < MIN_LOSS_SCALE:
             bad.append(f"gradients (fp16 loss scale {scale:.3g} < {MIN_LOSS_SCALE:g} after "
                        f"{metrics['amp/overflow_skips']} overflow skips in this period)")
-        if not (skipped_steps or bad):
+        if not (failures or bad):
             return "go"
         local_bad = [n for n, ok in zip(names, torch.isfinite(local).tolist()) if not ok]
         ranks = [r for r, mine in enumerate(rt.gather_object(local_bad)) if mine]  # only after a bad period
