@@ -36,6 +36,8 @@ def run_state(sched: dict[str, Any], events: list[dict[str, Any]]) -> str:
         return state
     if last == "completed":
         return "COMPLETED"
+    if last == "cancelled":
+        return "CANCELLED"  # with a checkpoint: `launcher resume RUN` continues it
     if state == "CANCELLED":
         return state
     if last in ("refused", "stopped"):
@@ -142,6 +144,8 @@ def last_problem(run: Run) -> str | None:
         if event.get("event") == "failed":
             rank = f" (rank {event['rank']})" if "rank" in event else ""
             return f"failed{rank}: {event.get('error')}"
+        if event.get("event") == "cancelled":
+            return f"cancelled at step {event.get('step')}, checkpoint {Path(event.get('checkpoint') or '-').name}"
     return None
 
 

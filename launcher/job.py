@@ -128,12 +128,13 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
         raise _uncompleted(f"stopped at step {result.get('step')}: {result.get('error')}; not requeued "
                            "(train.on_nonfinite); the last good checkpoint is kept")
 
+    if "SIGTERM" in signals.received and "SIGUSR2" not in signals.received:
+        # `launcher cancel`, scancel, or a preemption without requeue: a normal end with a checkpoint, no traceback
+        event("cancelled", step=result.get("step"), checkpoint=result.get("checkpoint"), signals=signals.received)
+        return {**result, "status": "cancelled"}
     event("stopped", step=result.get("step"), checkpoint=result.get("checkpoint"), signals=signals.received)
     if rank != 0:
         return result  # like submitit's handler: the other ranks leave the requeue to rank 0
-    if "SIGTERM" in signals.received and "SIGUSR2" not in signals.received:
-        raise _uncompleted(f"stopped by SIGTERM at step {result.get('step')} (checkpoint {result.get('checkpoint')}); "
-                           "not requeued: SLURM cancelled, preempted or timed out the job")
     if restarts >= max_requeues:
         event("refused", step=result.get("step"), reason=f"requeued {restarts} times (max_requeues {max_requeues})")
         raise _uncompleted(f"stopped at step {result.get('step')} after {restarts} requeues (max_requeues "

@@ -12,6 +12,8 @@ from typing import Any
 from launcher import runs
 from launcher.submitit_adapter import terminate_local, wait_local
 
+EXIT_CANCELLED = 3  # the foreground `submit` of a local run that `launcher cancel` (SIGTERM) stopped
+
 
 @contextlib.contextmanager
 def std_fds_to(log: Path):
@@ -34,7 +36,8 @@ def std_fds_to(log: Path):
 
 
 def follow_local(submitted: list[runs.Run], jobs: list[Any], out=sys.stdout, poll_s: float = 0.5) -> int:
-    """Print the jobs' logs (task 0) as they grow until every local job has ended; 0 if all completed."""
+    """Print the jobs' logs (task 0) as they grow until every local job has ended; 0 if all completed,
+    EXIT_CANCELLED if one was cancelled (and none failed), else 1."""
     logs = {r.name: Path(r.manifest["job"]["log"]) for r in submitted}
     offsets = dict.fromkeys(logs, 0)
     prefix = len(submitted) > 1
@@ -71,7 +74,11 @@ def follow_local(submitted: list[runs.Run], jobs: list[Any], out=sys.stdout, pol
     code = 0
     for r in submitted:
         events = r.job_events()
-        last = events[-1]["event"] if events else "no events"
-        if last != "completed":
+        last = events[-1] if events else {"event": "no events"}
+        if last["event"] == "cancelled":
+            print(f"{r.name}: cancelled at step {last.get('step')}; checkpoint {last.get('checkpoint')}; continue "
+                  f"with: python -m launcher resume {r.name}", file=out, flush=True)
+            code = code or EXIT_CANCELLED
+        elif last["event"] != "completed":
             code = 1
     return code

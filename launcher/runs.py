@@ -24,7 +24,7 @@ from cyclegan_dist.errors import UserError
 from cyclegan_dist.rundir import MANIFEST, RunDir, iter_run_dirs, read_json  # no torch at import
 
 DEFAULT_RUN_ROOT = "runs"
-JOB_EVENTS = ("start", "stopped", "requeued", "completed", "failed", "refused")
+JOB_EVENTS = ("start", "stopped", "requeued", "completed", "failed", "refused", "cancelled")
 
 
 def resolve_run_root(flag: str | None, profile_root: str | None = None) -> Path:

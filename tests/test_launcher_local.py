@@ -71,3 +71,37 @@ def test_local_executor_runs_smoke_end_to_end(tmp_path):
     assert [r["step"] for r in records if "loss/G" in r] == [2, 4, 6, 8]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert len(manifest["job_ids"]) == 2 and manifest["config"]["train"]["steps"] == 8
+
+
+def test_cancelling_a_local_run_is_a_normal_end(tmp_path):
+    """`launcher cancel RUN` on a local run followed in the foreground: the run checkpoints, the foreground submit
+    ends with one line naming the checkpoint and how to continue, exit code 3 (cancelled), no traceback; status
+    says CANCELLED with the step and checkpoint."""
+    import time
+
+    from launcher.localrun import EXIT_CANCELLED
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "CYCLEGAN_CLUSTER": "",
+                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
+    cmd = [sys.executable, "-m", "launcher", "submit", "--exp", "smoke", "--cluster", "local", "--gpus", "0",
+           "--cpu-ranks", "1", "--name", "here", "--set", *TINY, "train.steps=5000"]
+    foreground = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    metrics = tmp_path / "runs" / "smoke" / "here" / "metrics.jsonl"
+    deadline = time.monotonic() + 600  # a hang guard for a loaded machine
+    while not (metrics.is_file() and "loss/G" in metrics.read_text()):
+        assert foreground.poll() is None and time.monotonic() < deadline, foreground.communicate()
+        time.sleep(0.5)
+    cancel = launcher("cancel", "here", env=env, cwd=tmp_path, timeout=120)
+    assert cancel.returncode == 0 and "cancelled smoke/here" in cancel.stdout, cancel.stdout + cancel.stderr
+    stdout, stderr = foreground.communicate(timeout=600)
+    assert foreground.returncode == EXIT_CANCELLED, stdout[-3000:] + stderr[-3000:]
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("here: cancelled at step")]
+    assert "checkpoint " in line and "python -m launcher resume here" in line
+    assert "Traceback" not in stdout + stderr and "not requeued" not in stdout + stderr
+    checkpoint = line.split("checkpoint ")[1].split(";")[0]
+    assert (Path(checkpoint) / "complete").is_file()
+    status = launcher("status", "--json", env=env, cwd=tmp_path, timeout=120)
+    (row,) = json.loads(status.stdout)
+    assert row["state"] == "CANCELLED" and row["last_problem"].startswith("cancelled at step"), row
