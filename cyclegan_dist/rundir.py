@@ -13,7 +13,8 @@
         checkpoints/
             step-00001000/   a complete checkpoint (renamed into place once every rank has written)
                 state.pt  rank-00000.pt ...  G_A.safetensors  G_B.safetensors  [G_A_ema.safetensors
-                G_B_ema.safetensors]  config.yaml  complete
+                G_B_ema.safetensors]  config.yaml  digests.json (sha256 + size of every other file, written
+                before complete)  complete
             .tmp-step-.../   being written; never read; removed by the next save
             latest           text: the name of the newest complete checkpoint
             best             text: the name of the checkpoint with the lowest MiFID;  best.json: its score
@@ -67,6 +68,7 @@ EVENTS = "events.jsonl"
 WANDB = "wandb-run.json"
 SAMPLES = "samples"
 ARCHIVE = "archive"
+DIGESTS = "digests.json"  # {"sha256": {file: hex digest}, "bytes": {file: size}} of every other file of a checkpoint
 WRITER_LOCK = ".writer.lock"  # held by the one process writing the run (cyclegan_dist/writer_lock.py)
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step-"

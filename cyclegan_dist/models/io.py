@@ -33,7 +33,7 @@ from torch import nn
 
 from cyclegan_dist.config import ModelConfig, from_dict, read_yaml_mapping
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.rundir import CONFIG, EMA_FILES, GENERATOR_FILES, atomic_write, resolve_checkpoint
+from cyclegan_dist.rundir import CONFIG, EMA_FILES, GENERATOR_FILES, RunDir, atomic_write, resolve_checkpoint
 
 DIRECTIONS = ("AtoB", "BtoA")
 ARCH_KEYS = ("generator", "ngf", "norm", "use_dropout", "input_nc", "output_nc")
@@ -301,7 +301,23 @@ def _junyanz_files(d: Path) -> dict[str, Path]:
     return next(iter(by_epoch.values()))
 
 
+def check_digest(path: Path) -> None:
+    """A file of a checkpoint that records digests (``digests.json`` beside it) must have the sha256 recorded
+    there: else one UserError naming it, the expected and the actual digest. Files of older checkpoints, exports
+    and junyanz files have none: nothing to check."""
+    from cyclegan_dist.checkpoint import digest_problem
+    from cyclegan_dist.rundir import DIGESTS
+
+    problem = digest_problem(path)
+    if problem:
+        others = [p for p in RunDir(path.parent.parent.parent).complete_checkpoints() if p != path.parent]
+        raise UserError(f"{path} is damaged: {problem}; it was not loaded. Restore the file from a copy, or use "
+                        "another checkpoint" + (f" (e.g. --checkpoint {others[-1]})" if others else "")
+                        + f"; the digests are in {path.parent / DIGESTS}")
+
+
 def _read_weights(path: Path, direction: str) -> dict[str, torch.Tensor]:
+    check_digest(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

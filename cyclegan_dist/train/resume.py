@@ -4,13 +4,21 @@
 but refuses a directory that holds checkpoints of an earlier run (it would mix the two runs' checkpoints and
 metrics) unless ``--archive`` moves that run aside into ``archive/<time>/``; a checkpoint directory continues
 from that checkpoint. A checkpoint made with an incompatible config is refused with the differences named.
+
+A damaged checkpoint (a file that does not load, or differs from its recorded sha256) is passed over by ``auto``:
+the run continues from the newest checkpoint that loads on *every* rank, and the damaged one is named (a warning in
+the log and events.jsonl, and :attr:`Start.damaged`). Every rank tries the same candidates in the same order (rank
+0's list) and, after each, all ranks exchange their verdicts: a ``rank-R.pt`` may be damaged alone, and a rank
+that moved on by itself would train from another step than the others. If none loads: one UserError naming each
+damaged file. The states read while choosing are kept for :func:`load` (no second read).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, diff_configs
@@ -25,16 +33,96 @@ INCOMPATIBLE = ("model", "loss", "seed", "data.domain_a", "data.domain_b", "data
                 "train.batch_size", "train.beta1", "train.beta2", "train.deepspeed")
 
 
-def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barrier) -> Path | None:
-    """The checkpoint to continue from (None: start at step 0). Collective when ``archive`` moves files."""
+@dataclass
+class Start:
+    """Where a run starts: ``source`` (None: step 0), the states read from it, and the damaged files passed over
+    (``{"checkpoint", "file", "reason"}``; the same list on every rank)."""
+
+    source: Path | None
+    loaded: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+    damaged: list[dict[str, str]] = field(default_factory=list)
+
+
+_CHOSEN: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any] | None]] = {}  # choose_start -> load
+
+
+def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barrier, rank: int | None = None,
+                 gather: Callable[[Any], list[Any]] | None = None) -> Path | None:
+    """The checkpoint to continue from (None: start at step 0). Collective (every rank calls it): the checkpoint
+    must load on every rank; ``archive`` moves files. ``rank``/``gather`` default to torch.distributed's."""
+    if resume == "never":
+        _start_over(run, archive=archive, is_main=is_main, barrier=barrier)
+        return None
+    rank = _rank() if rank is None else rank
+    start = find_start(run, resume, rank=rank, gather=gather or ckpt.all_gather)
+    if start.damaged and is_main:
+        record_damaged(run, start)
+    if start.source is not None:
+        _CHOSEN[(str(start.source), rank)] = start.loaded
+    return start.source
+
+
+def find_start(run: RunDir, resume: str, *, rank: int, gather: Callable[[Any], list[Any]]) -> Start:
+    """``--resume auto`` or a checkpoint directory -> the Start every rank agrees on (a collective)."""
     if resume == "auto":
-        return run.latest()
-    if resume != "never":
+        candidates = [str(p) for p in reversed(run.complete_checkpoints())]
+        candidates = gather(candidates)[0]  # rank 0's list: one order on every rank
+    else:
         path = Path(resume)
         if not is_checkpoint(path):
             raise UserError(f"--resume {resume}: not a complete checkpoint directory (no 'complete' marker); "
                             f"use --resume auto or one of {[str(p) for p in run.complete_checkpoints()]}")
-        return path
+        candidates = [str(path)]
+    damaged: list[dict[str, str]] = []
+    for candidate in map(Path, candidates):
+        loaded, problem = None, None
+        try:
+            loaded = (ckpt.load_shared(candidate), ckpt.load_rank(candidate, rank))
+        except ckpt.DamagedCheckpoint as exc:
+            problem = {"checkpoint": str(candidate), "file": str(exc.path), "reason": exc.reason}
+        problems = [p for p in gather(problem) if p]
+        if not problems:
+            return Start(candidate, loaded, damaged)
+        for p in problems:  # state.pt is read by every rank: one entry per file
+            if all(p["file"] != d["file"] for d in damaged):
+                damaged.append(p)
+    if not damaged:
+        return Start(None)  # no checkpoint yet
+    files = "; ".join(f"{d['file']} ({d['reason']})" for d in damaged)
+    if resume == "auto":
+        raise UserError(f"--resume auto: no checkpoint in {run.checkpoints} loads: {files}. Restore the files from "
+                        "a copy, or start over with --resume never --archive (moves them aside)")
+    raise UserError(f"--resume {resume}: the checkpoint is damaged: {files}. Use --resume auto (the newest "
+                    "checkpoint that loads), another checkpoint directory, or restore the file from a copy")
+
+
+def record_damaged(run: RunDir, start: Start) -> list[str]:
+    """One warning per damaged checkpoint passed over: the log and events.jsonl (rank 0). Returns the messages."""
+    by_checkpoint: dict[str, list[dict[str, str]]] = {}
+    for d in start.damaged:
+        by_checkpoint.setdefault(d["checkpoint"], []).append(d)
+    messages = []
+    for checkpoint, found in by_checkpoint.items():
+        message = (f"checkpoint {checkpoint} is damaged and was passed over: "
+                   + "; ".join(f"{d['file']}: {d['reason']}" for d in found)
+                   + f"; resuming from {start.source or 'step 0'} instead")
+        log.warning("checkpoint: %s", message)
+        try:
+            run.append_event("warning", service="checkpoint", message=message, checkpoint=checkpoint,
+                             files={d["file"]: d["reason"] for d in found})
+        except OSError:
+            pass  # the log says it; a full disk must not stop the resume
+        messages.append(message)
+    return messages
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _start_over(run: RunDir, *, archive: bool, is_main: bool, barrier) -> None:
     earlier = run.complete_checkpoints()
     if earlier and not archive:
         names = ", ".join(p.name for p in earlier[-3:]) + (f" (+{len(earlier) - 3} more)" if len(earlier) > 3 else "")
@@ -46,7 +134,6 @@ def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barr
             moved = run.archive()
             log.warning("moved the earlier run in %s aside into %s", run.path, moved)
         barrier()
-    return None
 
 
 def check_compatible(saved: dict[str, Any], config: Config, source: Path) -> None:
@@ -58,8 +145,10 @@ def check_compatible(saved: dict[str, Any], config: Config, source: Path) -> Non
 
 
 def load(source: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(rank 0's shared state, this rank's state or None when the world size changed)."""
-    return ckpt.load_shared(source), ckpt.load_rank(source, rank)
+    """(rank 0's shared state, this rank's state or None when the world size changed): what :func:`choose_start`
+    read, else read now (a damaged file is a UserError naming it)."""
+    chosen = _CHOSEN.pop((str(source), rank), None)
+    return chosen if chosen is not None else (ckpt.load_shared(source), ckpt.load_rank(source, rank))
 
 
 def restore_optimizers(shared: dict, mine: dict | None, opt_G, opt_D, scaler, *, sharded: bool, world: int,

@@ -20,6 +20,7 @@ from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.augment import DiffAugment
 from cyclegan_dist.config import Config
 from cyclegan_dist.data.transforms import normalize
+from cyclegan_dist.errors import UserError
 from cyclegan_dist.rundir import EMA_FILES, GENERATOR_FILES, RunDir, step_dir_name
 from cyclegan_dist.tracking import Tracker
 from cyclegan_dist.train import resume as resuming
@@ -53,7 +54,8 @@ class Session:
         self.state = TrainState(step=0, run_id=new_id(), wandb_id=new_id(),
                                 schedule=Schedule.plan(t.steps, t.lr_decay_fraction), pool_A=nets.pool_A,
                                 pool_B=nets.pool_B)
-        self.source = resuming.choose_start(run, resume, archive=archive, is_main=rt.is_main, barrier=rt.barrier)
+        self.source = resuming.choose_start(run, resume, archive=archive, is_main=rt.is_main, barrier=rt.barrier,
+                                            rank=rt.rank, gather=rt.gather_object)
         if self.source is None:
             previous = (run.wandb_info() or {}).get("id") if resume != "never" else None
             self.state.wandb_id = previous or self.state.wandb_id  # killed before its first checkpoint: same W&B run
@@ -306,11 +308,17 @@ class Session:
         generators = {GENERATOR_FILES[n]: getattr(self.gens_plain, n).state_dict() for n in ("G_A", "G_B")}
         if state.ema is not None:  # export and collect pick these unless --raw-weights
             generators |= {EMA_FILES[n]: getattr(state.ema.generators, n).state_dict() for n in ("G_A", "G_B")}
-        path = ckpt.save_checkpoint(self.run, state.step, rank=rt.rank, world_size=rt.world, run_id=state.run_id,
-                                    barrier=rt.barrier, shared_state=shared if rt.is_main else None,
-                                    rank_state=rank_state, generators=generators if rt.is_main else None,
-                                    config_yaml=self.run.config.read_text() if rt.is_main else None,
-                                    keep_last=t.keep_last, protect=(best["checkpoint"],) if best else ())
+        try:
+            path = ckpt.save_checkpoint(self.run, state.step, rank=rt.rank, world_size=rt.world, run_id=state.run_id,
+                                        barrier=rt.barrier, shared_state=shared if rt.is_main else None,
+                                        rank_state=rank_state, generators=generators if rt.is_main else None,
+                                        config_yaml=self.run.config.read_text() if rt.is_main else None,
+                                        keep_last=t.keep_last, protect=(best["checkpoint"],) if best else (),
+                                        gather=rt.gather_object)
+        except UserError as exc:  # e.g. a full disk: the partial checkpoint is removed, the previous one intact
+            self.result["error"] = str(exc)
+            self.tracker.event("train_end", status="failed", step=state.step, error=str(exc))
+            raise
         self.result["checkpoint"] = str(path)
         return path
 
