@@ -164,8 +164,15 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from cyclegan_dist.images import ImageSource
+
     arch = {k: v for k, v in (("generator", args.generator), ("ngf", args.ngf), ("norm", args.norm),
                               ("config", args.config)) if v is not None}
+    if not Path(args.checkpoint).expanduser().exists():  # path mistakes in a second, before torch loads
+        raise UserError(f"--checkpoint {args.checkpoint}: not found (a run or checkpoint directory, a "
+                        "--generator-only directory, a .safetensors or a junyanz .pth file)")
+    if args.photos:
+        ImageSource(args.photos)
     if args.generator_only:
         from cyclegan_dist.models.io import export_generator
 
@@ -257,6 +264,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
           f"(threshold {res['threshold']}: d_thr = {res['memorization_distance_thresholded']:.5f})")
     print(f"images: {res['n_generated']} generated, {res['n_real']} real"
           f"{' (cached stats)' if res['real_cache_hit'] else ''}, {res['n_train']} train")
+    print("each image as it is, resized to 299x299 for the Inception; a run's in-training eval/fid instead scores "
+          "eval.num_photos translated crops against its training shards (see its eval/n_generated, eval/size)")
     if args.json:
         out = Path(args.json).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import subprocess
+import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -24,6 +26,8 @@ from cyclegan_dist.images import ImageSource
 from cyclegan_dist.models import build_generator
 from cyclegan_dist.models.io import export_generator, infer_architecture, load_generator, load_junyanz_pair
 from cyclegan_dist.rundir import RunDir
+
+from helpers import ROOT
 
 NGF = 4
 
@@ -290,3 +294,16 @@ def test_export_command(photo_dir, tmp_path, capsys):
         run("--checkpoint", str(ckpt))
     with pytest.raises(UserError, match="--batch-size"):
         run(*base, "--batch-size", "0")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "/no/such/run", "--photos", ".", "--out", "x.zip"], "--checkpoint /no/such/run: not found"),
+    (["--checkpoint", ".", "--photos", "/no/such/photos", "--out", "x.zip"], "image source not found: /no/such/photos"),
+])
+def test_export_path_mistakes_are_refused_before_torch_loads(argv, message):
+    """A wrong path is one line at once: the check runs before torch is imported (which takes seconds)."""
+    code = ("import sys\nfrom cyclegan_dist.cli import main\nrc = main(['export', *sys.argv[1:]])\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
+    assert message in out.stderr

@@ -27,9 +27,12 @@ def test_eval_every_n_steps_keeps_the_best_checkpoint(tmp_path, tiny_shards):
             "data.domain_b=monet", "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0",
             "wandb.mode=disabled", "train.log_every=2", "train.checkpoint_every=1", "train.keep_last=1",
             "eval.every=2", "eval.num_photos=6", "eval.batch_size=4"]
-    run_torchrun(2, *args, "train.steps=4", env={"CYCLEGAN_DIST_CACHE": str(cache)})
+    out = run_torchrun(2, *args, "train.steps=4", env={"CYCLEGAN_DIST_CACHE": str(cache)})
     evals = [r for r in read_metrics(run_dir) if "eval/mifid" in r]
     assert [r["step"] for r in evals] == [2, 4]
+    # what it measured, logged and said once: 6 photos over 2 ranks, all 10 paintings of the shards, at the crop size
+    assert all((r["eval/n_generated"], r["eval/n_real"], r["eval/size"]) == (6, 10, 32) for r in evals), evals
+    assert out.stderr.count("(in-training FID: 6 photos") == 1 and "against all 10 monet images" in out.stderr
     for r in evals:  # MiFID = FID / (d_thr + 1e-14), d_thr = d below the 0.1 threshold, else 1 (eval/fid.py)
         d = r["eval/memorization_distance"]
         assert math.isfinite(r["eval/fid"]), r

@@ -124,14 +124,17 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _curves(runs: list[RunSummary], path: Path) -> Path:
-    """One row per run: its generator / discriminator / cycle losses, then FID and MiFID, over steps."""
+    """One row per run: its generator / discriminator / cycle losses, then FID and MiFID (when any run was
+    evaluated), over steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [(("loss/G",), "generator loss"), (("loss/D", "loss/D_A", "loss/D_B"), "discriminator losses"),
-              (("loss/cycle_A", "loss/cycle_B"), "cycle losses"), (("eval/fid", "eval/mifid"), "FID / MiFID")]
+              (("loss/cycle_A", "loss/cycle_B"), "cycle losses")]
+    if any("eval/fid" in r for run in runs for r in run.metrics):  # no evaluation ran: no empty panel
+        panels.append((("eval/fid", "eval/mifid"), "FID / MiFID"))
     fig, axes = plt.subplots(len(runs), len(panels), figsize=(4.2 * len(panels), 2.8 * len(runs)), squeeze=False)
     for row, run in zip(axes, runs):
         for ax, (keys, label) in zip(row, panels):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from cyclegan_dist.data.transforms import to_uint8
 from cyclegan_dist.rundir import atomic_write
@@ -36,14 +36,16 @@ def compose(rows: list[torch.Tensor], labels: list[str], title: str) -> Image.Im
         arrays = [a.repeat(scale, axis=1).repeat(scale, axis=2) for a in arrays]
     n, h, w = arrays[0].shape[:3]
     top = 18
-    canvas = Image.new("RGB", (LABEL_WIDTH + n * (w + PAD) + PAD, top + len(rows) * (h + PAD) + PAD), "white")
+    font = ImageFont.load_default()
+    label_width = max(LABEL_WIDTH, *(int(font.getlength(label)) + 2 * PAD for label in labels))  # never cut a label
+    canvas = Image.new("RGB", (label_width + n * (w + PAD) + PAD, top + len(rows) * (h + PAD) + PAD), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((PAD, 3), title, fill=(0, 0, 0))
+    draw.text((PAD, 3), title, fill=(0, 0, 0), font=font)
     for i, (row, label) in enumerate(zip(arrays, labels)):
         y = top + PAD + i * (h + PAD)
-        draw.text((PAD, y + h // 2 - 6), label, fill=(0, 0, 0))
+        draw.text((PAD, y + h // 2 - 6), label, fill=(0, 0, 0), font=font)
         for j in range(n):
-            canvas.paste(Image.fromarray(np.ascontiguousarray(row[j])), (LABEL_WIDTH + PAD + j * (w + PAD), y))
+            canvas.paste(Image.fromarray(np.ascontiguousarray(row[j])), (label_width + PAD + j * (w + PAD), y))
     return canvas
 
 

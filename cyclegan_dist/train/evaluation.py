@@ -47,7 +47,7 @@ class TrainingEvaluator:
         self.inception = InceptionFeatures(cfg.inception, device=device, batch_size=cfg.batch_size)
         subset = itertools.islice(iter_domain(root, domain_a, 0, 1, size=size), cfg.num_photos)
         self.photos = [image for j, (_, image) in enumerate(subset) if j % world == rank]
-        self.root, self.domain_b = root, domain_b
+        self.root, self.domain_a, self.domain_b = root, domain_a, domain_b
         self.cache = RealStatsCache(fid_stats_dir())
         self._real = None
 
@@ -108,4 +108,13 @@ class TrainingEvaluator:
         if not all(np.isfinite([scores["fid"], scores["mifid"]])):
             raise EvaluationFailed(f"non-finite scores: FID {scores['fid']}, MiFID {scores['mifid']}")
         return {"eval/fid": scores["fid"], "eval/mifid": scores["mifid"],
-                "eval/memorization_distance": scores["memorization_distance"]}
+                "eval/memorization_distance": scores["memorization_distance"],
+                "eval/n_generated": scores["n_generated"], "eval/n_real": len(paintings), "eval/size": self.size}
+
+    def describe(self, scores: dict, weights: str) -> str:
+        """What a score measured, so that it can be told apart from ``python -m cyclegan_dist fid`` on an export:
+        how many photos, at which size, which weights, against which paintings."""
+        return (f"{scores['eval/n_generated']} photos (the first eval.num_photos of domain {self.domain_a}) "
+                f"translated at {self.size} px by the {weights} weights, against all {scores['eval/n_real']} "
+                f"{self.domain_b} images of the training shards at {self.size} px; `fid` on an export scores every "
+                "exported photo (256 px JPEGs) against the folder you give it")

@@ -334,8 +334,11 @@ class Session:
         if not rt.is_main:
             return
         self.tracker.log(step, scores)
-        self.result["eval"] = scores
         self.progress.note(f"step {step}: FID {scores['eval/fid']:.2f}, MiFID {scores['eval/mifid']:.2f}")
+        if not self.result.get("eval"):  # once per run: what these numbers measured
+            weights = "EMA" if self.state.ema is not None else "trained (raw)"
+            self.progress.note(f"  (in-training FID: {self.evaluator.describe(scores, weights)})")
+        self.result["eval"] = scores
         best = self.run.best()
         if best is None or scores["eval/mifid"] < best["eval/mifid"]:
             with self.tracker.side_service("best"):
