@@ -128,7 +128,7 @@ def check_device_skip() -> str:
     assert step.guard.read().item() == 1, "the skip was not counted"
     step(*_batch(2, config, rt.device))
     assert not torch.equal(before["G_A.model.1.weight"], step.gens_plain.state_dict()["G_A.model.1.weight"])
-    return "NaN step skipped on the device and counted; the next step applied"
+    return "a NaN step left the weights as they were (on the device) and was counted; the next step applied"
 
 
 def _nccl_rank(rank: int, world: int, port: int, backend: str, out: str) -> None:

@@ -120,6 +120,15 @@ def test_step_flops_match_the_analytic_count(generator):
     assert count_step_flops(config, batch, size) == 18 * f_g + 16 * f_d - 4 * f_g1 - 4 * f_d1
 
 
+def test_threads_quick(tmp_path):
+    """1 vs torch's default vs the usable CPUs on the real smoke step; the ratio of the one-thread arm is 1."""
+    out = bench("benchmarks.threads", "--quick", "--json", tmp_path / "threads.json")
+    data = json.loads((tmp_path / "threads.json").read_text())
+    assert [r["arm"] for r in data["rows"]] == ["one", "torch default", "usable CPUs"]
+    assert data["rows"][0]["threads"] == 1 and data["rows"][0]["vs 1 thread"] == "1.00"
+    assert all(len(r["seconds_per_step"]) == 2 for r in data["rows"]) and "| smoke" in out.stdout
+
+
 def test_overhead_quick(tmp_path):
     from benchmarks.overhead import HEADERS
 

@@ -28,6 +28,7 @@ import torch
 
 from cyclegan_dist.config import TrainConfig, find_config_file
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.train.cpu_threads import set_cpu_threads
 from cyclegan_dist.train.host_memory import retain_freed_memory
 
 log = logging.getLogger("cyclegan_dist.train")
@@ -78,6 +79,7 @@ class Runtime:
                         "but slowly (bf16 is the CPU's fast half precision)")
         if self.device.type == "cpu":
             retain_freed_memory()  # no page faults for the same blocks at every step (train/host_memory.py)
+            set_cpu_threads(local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # train/cpu_threads.py
 
     def autocast(self):
         """The autocast context of this precision (``torch.autocast``; nothing in fp32). A new one per use (~3 us):

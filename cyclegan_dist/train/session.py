@@ -88,7 +88,8 @@ class Session:
         self.result: dict[str, Any] = {"run_dir": str(run.path), "world_size": rt.world, "start_step": self.state.step,
                                        "wandb_id": self.state.wandb_id, "warnings": self.tracker.warnings}
         self.tracker.event("train_start", step=self.state.step, world_size=rt.world, host=socket.gethostname(),
-                           resumed_from=str(self.source) if self.source else None, run_id=self.state.run_id)
+                           resumed_from=str(self.source) if self.source else None, run_id=self.state.run_id,
+                           cpu_threads=torch.get_num_threads() if rt.device.type == "cpu" else None)
         self.progress = Progress(self.state.step, t.steps, enabled=progress and rt.is_main)
 
     # ---------------------------------------------------------------------------------------- start-up

@@ -1,0 +1,58 @@
+"""CPU threads per rank: the CPUs the process may use (affinity, cgroup quota), minus what is busy on a shared
+machine, divided among the local ranks; OMP_NUM_THREADS always wins. The figures behind it: benchmarks/threads.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cyclegan_dist.train import cpu_threads
+
+from helpers import ROOT, _env
+
+
+@pytest.mark.parametrize("text, cpus", [("max 100000", None), ("50000 100000", 0.5), ("400000 100000", 4.0),
+                                        ("garbage", None)])
+def test_cgroup_quota_is_read_from_cpu_max(tmp_path, text, cpus):
+    (tmp_path / "cpu.max").write_text(text + "\n")
+    assert cpu_threads.cgroup_cpu_quota(tmp_path) == cpus
+
+
+@pytest.mark.parametrize("affinity, quota, load, ranks, expected", [
+    (4, None, 0.0, 1, 4),   # a quiet machine of 4: all of it
+    (4, None, 2.2, 1, 2),   # two CPUs busy with other work: the two free ones
+    (4, None, 9.0, 1, 1),   # all busy: one thread (they would only wait for each other)
+    (4, None, 0.0, 2, 2),   # two ranks here share the machine
+    (4, 1.5, 0.0, 1, 1),    # a cgroup quota of 1.5 CPUs
+    (2, None, 9.0, 1, 2),   # an affinity mask (CPUs reserved for this process): other load does not count
+])
+def test_default_threads(monkeypatch, affinity, quota, load, ranks, expected):
+    """The policy over the machine's readings (affinity, cgroup quota, load average: set here, as a test cannot make
+    a 4-CPU machine or a steady load average)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(cpu_threads, "cgroup_cpu_quota", lambda: quota)
+    assert cpu_threads.default_threads(ranks) == expected
+
+
+@pytest.mark.parametrize("omp, expected", [(None, 1), ("2", 2)])
+def test_the_run_records_its_threads_and_omp_num_threads_wins(tmp_path, omp, expected):
+    """Pinned to one CPU (taskset), a run uses 1 thread, unless OMP_NUM_THREADS says otherwise (then that)."""
+    if shutil.which("taskset") is None:
+        pytest.skip("no taskset(1) here")
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in _env(None).items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": omp} if omp else {})
+    cmd = ["taskset", "-c", "0", sys.executable, "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir",
+           str(run_dir), "--set", "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0",
+           "wandb.mode=disabled", "train.steps=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (start,) = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                if e["event"] == "train_start"]
+    assert start["cpu_threads"] == expected
