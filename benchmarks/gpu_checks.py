@@ -12,8 +12,9 @@
    ``torch.compiler.set_stance("fail_on_recompile")`` (no recompilation per step) with first-step losses as eager.
 5. ``cuda-graphs``: ``train.compile=reduce-overhead``: the same, and Inductor skipped no CUDA graph (its
    ``cudagraph_skips`` counter stays 0), so the steps replay graphs.
-6. ``device-skip``: CUDA's default guard mode is the device-side skip (fused Adam's ``found_inf``); a NaN forced into
-   one step changes no weight and is counted, with no host sync in the guard.
+6. ``device-skip``: CUDA's default guard mode (auto) is the device-side skip (fused Adam's ``found_inf``); a NaN
+   forced into one step changes no weight and is counted, with no host sync in the guard.
+7. ``deterministic``: ``train.deterministic=true`` trains on CUDA, and two runs of a U-Net give equal weights.
 
 ``--quick`` (CI, no GPU): 1-3 and 6 on the CPU (gloo for 1; 4-5 are covered on the CPU by tests/test_precision.py,
 Inductor's CPU compile taking minutes). Exit status 1 when any check fails.
@@ -115,7 +116,8 @@ def check_compile(mode: str) -> str:
 
 
 def check_device_skip() -> str:
-    rt, step, config = _built("train.nonfinite_skip=device")
+    # on CUDA the default (auto) must choose the device-side skip; the CPU takes it when asked
+    rt, step, config = _built("train.nonfinite_skip=" + ("auto" if torch.cuda.is_available() else "device"))
     assert step.guard.mode == "device", step.guard.mode
     step(*_batch(0, config, rt.device))
     before = {k: v.clone() for k, v in step.gens_plain.state_dict().items()}
@@ -129,6 +131,21 @@ def check_device_skip() -> str:
     step(*_batch(2, config, rt.device))
     assert not torch.equal(before["G_A.model.1.weight"], step.gens_plain.state_dict()["G_A.model.1.weight"])
     return "a NaN step left the weights as they were (on the device) and was counted; the next step applied"
+
+
+def check_deterministic() -> str:
+    """``train.deterministic=true`` on CUDA: the run trains (ops without a deterministic kernel only warn), and
+    two fresh runs of a U-Net (every op deterministic) give the same weights bit for bit."""
+    weights = []
+    for _ in range(2):
+        rt, step, config = _built("train.deterministic=true", "model.generator=unet_64")
+        for k in range(3):
+            step(*_batch(k, config, rt.device))
+        weights.append([p.detach().clone() for p in step.gens_plain.parameters()])
+    torch.use_deterministic_algorithms(False)
+    same = all(torch.equal(a, b) for a, b in zip(*weights))
+    assert same, "two deterministic runs differ"
+    return "3 steps, twice: equal weights"
 
 
 def _nccl_rank(rank: int, world: int, port: int, backend: str, out: str) -> None:
@@ -185,6 +202,7 @@ def main(argv=None) -> int:
     if not args.quick:
         checks["compile"] = lambda: check_compile("default")
         checks["cuda-graphs"] = lambda: check_compile("reduce-overhead")
+        checks["deterministic"] = check_deterministic
     rows, failed = [], 0
     for name, check in checks.items():
         start = time.perf_counter()

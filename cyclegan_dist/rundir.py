@@ -69,6 +69,7 @@ WANDB = "wandb-run.json"
 SAMPLES = "samples"
 ARCHIVE = "archive"
 DIGESTS = "digests.json"  # {"sha256": {file: hex digest}, "bytes": {file: size}} of every other file of a checkpoint
+DAMAGED_PREFIX = "damaged-"  # a checkpoint resume found damaged, set aside (RunDir.set_aside_damaged)
 WRITER_LOCK = ".writer.lock"  # held by the one process writing the run (cyclegan_dist/writer_lock.py)
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step-"
@@ -258,6 +259,18 @@ class RunDir:
                           {"checkpoint": checkpoint_name, "step": step, "eval/mifid": score})
         atomic_write(self.checkpoints / BEST, checkpoint_name + "\n")
 
+    def set_aside_damaged(self, checkpoint: Path) -> Path:
+        """Rename a damaged checkpoint to ``checkpoints/damaged-<name>``: no longer complete, newest or prunable
+        (nothing picks it again), and kept for inspection."""
+        target = self.checkpoints / f"{DAMAGED_PREFIX}{Path(checkpoint).name}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = target.with_name(f"{DAMAGED_PREFIX}{Path(checkpoint).name}.{n}")
+        os.rename(checkpoint, target)
+        fsync_dir(self.checkpoints)
+        return target
+
     def write_latest(self, checkpoint_name: str) -> None:
         atomic_write(self.checkpoints / LATEST, checkpoint_name + "\n")
 
@@ -266,8 +279,9 @@ class RunDir:
         return self.checkpoints / best["checkpoint"] if best else self.latest()
 
     def remove_if_unused(self, made: list[Path]) -> None:
-        """After a start-up that failed before writing anything: remove the directories in ``made`` (this one and
-        the parents the start-up created) if they hold nothing but the writer's lock."""
+        """After a start-up that failed before writing anything (called while holding the writer's lock): remove
+        the directories in ``made`` (this one and the parents the start-up created) if they hold nothing but that
+        lock."""
         if self.path.is_dir() and set(os.listdir(self.path)) <= {WRITER_LOCK}:
             (self.path / WRITER_LOCK).unlink(missing_ok=True)
         for path in made:

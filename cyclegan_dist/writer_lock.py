@@ -36,13 +36,20 @@ def holder_info() -> dict:
 
 
 class WriterLock:
-    """``with WriterLock(run_dir):`` holds the run directory for this process (re-entrant within it)."""
+    """``with WriterLock(run_dir):`` holds the run directory for this process (acquire once: POSIX locks are per
+    process, so a second acquire/release pair in the same process would drop the first)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / WRITER_LOCK
         self.fd: int | None = None
 
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
     def acquire(self) -> WriterLock:
+        if self.fd is not None:
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -36,8 +36,8 @@ def run_state(sched: dict[str, Any], events: list[dict[str, Any]]) -> str:
         return state
     if last == "completed":
         return "COMPLETED"
-    if last == "cancelled":
-        return "CANCELLED"  # with a checkpoint: `launcher resume RUN` continues it
+    if last == "cancelled":  # a SIGTERM ended it, with a checkpoint (`launcher resume RUN` continues it): the
+        return state if state in ("TIMEOUT", "PREEMPTED", "NODE_FAIL") else "CANCELLED"  # scheduler may say why
     if state == "CANCELLED":
         return state
     if last in ("refused", "stopped"):

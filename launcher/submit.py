@@ -84,9 +84,10 @@ def plan(args) -> Plan:
     from cyclegan_dist.rundir import check_name, check_text
 
     experiments = split_list(args.exp)
-    for label, value in (("--name", args.name), ("--partition", args.partition)):
-        if value is not None:
-            check_name(label, value)
+    if args.name is not None:
+        check_name("--name", args.name)
+    for partition in (args.partition or "").split(",") if args.partition else []:  # SLURM takes a list: a,b
+        check_name("--partition", partition)
     for label, value in (("--run-root", args.run_root), ("--time", args.time), *(("--set", o) for o in
                                                                                   args.overrides or [])):
         if value is not None:

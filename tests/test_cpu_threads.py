@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -41,18 +40,28 @@ def test_default_threads(monkeypatch, affinity, quota, load, ranks, expected):
     assert cpu_threads.default_threads(ranks) == expected
 
 
-@pytest.mark.parametrize("omp, expected", [(None, 1), ("2", 2)])
-def test_the_run_records_its_threads_and_omp_num_threads_wins(tmp_path, omp, expected):
-    """Pinned to one CPU (taskset), a run uses 1 thread, unless OMP_NUM_THREADS says otherwise (then that)."""
-    if shutil.which("taskset") is None:
-        pytest.skip("no taskset(1) here")
-    run_dir = tmp_path / "run"
-    env = {k: v for k, v in _env(None).items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": omp} if omp else {})
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir",
-           str(run_dir), "--set", "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0",
-           "wandb.mode=disabled", "train.steps=1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+def _train(run_dir, steps: int, env: dict) -> dict:
+    """A tiny training without OMP_NUM_THREADS unless ``env`` sets it; its last train_start event."""
+    base = {k: v for k, v in _env(None).items() if k != "OMP_NUM_THREADS"}
+    cmd = [sys.executable, "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir", str(run_dir), "--set",
+           "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
+           f"train.steps={steps}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=base | env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    (start,) = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
-                if e["event"] == "train_start"]
-    assert start["cpu_threads"] == expected
+    return [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+            if e["event"] == "train_start"][-1]
+
+
+def test_the_run_chooses_its_threads_records_them_and_resume_keeps_them(tmp_path):
+    """Two ranks on this machine (LOCAL_WORLD_SIZE=2) share its CPUs: fewer threads than torch's default on a
+    machine of 2 or more; OMP_NUM_THREADS wins; a resume keeps the thread count its checkpoint was written with
+    (other threads, other summation order), here 2 where it would choose fewer."""
+    import torch
+
+    usable = cpu_threads.usable_cpus()
+    chosen = _train(tmp_path / "a", 1, {"LOCAL_WORLD_SIZE": "2"})["cpu_threads"]
+    assert chosen == max(1, min(usable // 2, chosen)) and (usable < 2 or chosen < torch.get_num_threads() or
+                                                           torch.get_num_threads() == 1)
+    assert _train(tmp_path / "b", 2, {"OMP_NUM_THREADS": "2"})["cpu_threads"] == 2
+    resumed = _train(tmp_path / "b", 4, {"LOCAL_WORLD_SIZE": "4"})  # alone it would choose max(1, usable // 4)
+    assert resumed["resumed_from"] and resumed["cpu_threads"] == 2

@@ -23,7 +23,17 @@ from safetensors.torch import load_file
 
 from cyclegan_dist.rundir import RunDir
 
-from helpers import ROOT, jpeg_folder, latest_checkpoint, list_complete, result_json, run_cli, run_torchrun
+from helpers import (
+    REQUIRE_EXTRAS_ENV,
+    ROOT,
+    jpeg_folder,
+    latest_checkpoint,
+    list_complete,
+    result_json,
+    run_cli,
+    run_torchrun,
+    skip_or_fail,
+)
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
         "train.checkpoint_every=2", "train.log_every=2"]
@@ -140,8 +150,12 @@ def test_resume_auto_passes_over_a_damaged_checkpoint(run_dir, damage, reason):
     assert f"{damaged}: " in out.stderr and "passed over" in out.stderr  # the log says it too
     (start,) = [e for e in RunDir(run_dir).events() if e["event"] == "train_start" and e["step"] == 2]
     assert start["resumed_from"] == str(older)
-    for checkpoint in list_complete(run_dir)[-2:]:  # step-4 written again over the damaged one, then step-6
+    for checkpoint in list_complete(run_dir)[-2:]:  # step-4 written again, then step-6
         assert_intact(checkpoint)
+    # the damaged one is set aside, not complete any more: nothing (latest, pruning, rollback) picks it again
+    aside = run_dir / "checkpoints" / f"damaged-{newest.name}"
+    assert (aside / "state.pt").is_file() and "renamed to damaged-" in warning["message"]
+    assert aside not in list_complete(run_dir)
 
 
 def test_no_checkpoint_that_loads_is_one_user_error_naming_each_file(run_dir):
@@ -228,11 +242,12 @@ def test_disk_full_while_checkpointing_is_one_user_error_and_keeps_the_previous_
     if os.geteuid() != 0:
         namespace[1:1] = ["--user", "--map-root-user"]
     if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1) here: cannot mount a small tmpfs to fill")
+        skip_or_fail("no unshare(1) here: cannot mount a small tmpfs to fill", REQUIRE_EXTRAS_ENV)
     proc = subprocess.run([*namespace, sys.executable, __file__, "disk-full", str(disk), str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode == 3:
-        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {proc.stderr.strip()[-500:]}")
+        skip_or_fail(f"cannot mount a tmpfs in a private mount namespace here: {proc.stderr.strip()[-500:]}",
+                     REQUIRE_EXTRAS_ENV)  # CI (root, util-linux) can: there it must run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     runs = json.loads((out / "runs.json").read_text())
     run_dir = disk / "run"

@@ -191,8 +191,8 @@ def test_one_grad_scaler_for_two_optimizers(overflow):
 def test_fp16_training_backs_off_and_completes(tmp_path):
     """The real CLI in fp16 on the CPU, the loss scale starting at 2^24, far above what the gradients allow: the
     first steps overflow. Each overflow skips its update and halves the scale exactly once (growing back needs 2000
-    clean steps), no overflow counts as a non-finite failure, the scale stays within [MIN_LOSS_SCALE, 2^24] over
-    200 steps, the run completes and every checkpoint holds finite weights."""
+    clean optimizer steps, 1000 training steps), no overflow counts as a non-finite failure, the scale stays within
+    [MIN_LOSS_SCALE, 2^24] over 200 steps, the run completes and every checkpoint holds finite weights."""
     init = 2.0 ** 24
     run_dir = tmp_path / "fp16"
     out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *CLI_TINY[:-4],

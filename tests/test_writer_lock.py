@@ -65,3 +65,23 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     assert (run_dir / WRITER_LOCK).exists()  # the file stays; the lock died with the process
     out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=2")
     assert '"status": "completed"' in out.stdout
+
+
+def test_a_refused_training_leaves_the_holders_lock_alone(tmp_path):
+    """The holder is still starting (its directory holds nothing but the lock): the refused training must not clean
+    that directory up, or a third training would take a fresh lock beside the first."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cyclegan_dist.writer_lock import "
+                               f"WriterLock\nWriterLock({str(run_dir)!r}).acquire()\nprint('held', flush=True)\n"
+                               "time.sleep(600)"], cwd=ROOT, env=_env(None), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for _ in range(2):  # the second refusal proves the first left the lock in place
+            out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=2",
+                          check=False)
+            assert out.returncode == 2 and f"pid {holder.pid}" in out.stderr, out.stderr[-2000:]
+            assert sorted(p.name for p in run_dir.iterdir()) == [WRITER_LOCK]
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)

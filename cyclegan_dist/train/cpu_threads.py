@@ -7,7 +7,8 @@ than it adds (``python -m benchmarks.threads``, benchmarks/RESULTS.md: on a quie
 ``OMP_NUM_THREADS`` (SLURM jobs get it from ``SLURM_CPUS_PER_TASK`` through the launcher; torchrun sets it to 1), a
 CPU rank uses the CPUs of its affinity mask, capped by the cgroup quota, divided among the ranks of this machine;
 and when the process may run on every CPU of the machine (nothing reserved for it), the ones that the 1-minute load
-average says are busy are left out. Decided once, at start; at least one thread.
+average says are busy are left out. Decided once, at start; at least one thread. A resumed run uses the count its
+checkpoint was written with (other threads sum in another order: resume would not be bit-exact).
 """
 
 from __future__ import annotations
@@ -50,12 +51,16 @@ def default_threads(local_ranks: int) -> int:
     usable = usable_cpus()
     threads = usable // ranks
     if usable >= (os.cpu_count() or usable):  # the whole machine, shared: leave out what is busy already
-        try:
-            busy = round(os.getloadavg()[0])
-        except OSError:
-            busy = 0
-        threads = min(threads, (usable - busy) // ranks)
+        threads = min(threads, (usable - round(_load())) // ranks)
     return max(1, threads)
+
+
+def _load() -> float:
+    """The 1-minute load average (runnable processes on the whole machine), 0 when unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
 
 
 def set_cpu_threads(local_ranks: int) -> int | None:
@@ -68,6 +73,6 @@ def set_cpu_threads(local_ranks: int) -> int | None:
     threads = default_threads(local_ranks)
     if threads != torch.get_num_threads():
         log.info("CPU training: %d thread(s) per rank (%d usable CPU(s), load %.1f, %d rank(s) here; "
-                 "OMP_NUM_THREADS overrides)", threads, usable_cpus(), os.getloadavg()[0], local_ranks)
+                 "OMP_NUM_THREADS overrides)", threads, usable_cpus(), _load(), local_ranks)
         torch.set_num_threads(threads)
     return threads

@@ -6,9 +6,11 @@ in one of four ways (:func:`guard_mode` picks it from the config, so every way r
 * ``scaler`` (fp16): torch's ``GradScaler`` does the skipping: ``unscale_``, ``step`` (skipped when it found an
   inf/NaN), ``update`` (the scale halves on an overflow, doubles after ``growth_interval`` clean steps). One
   scaler serves both optimizers, each stepping and updating before the other model's backward, so an overflow in
-  D's step skips only D's update. The guard counts what the scaler skipped (the same finiteness test on the
-  unscaled gradients, a device flag: no host sync). Overflow skips are fp16's normal range-finding, not errors;
-  a loss scale below :data:`MIN_LOSS_SCALE` is (the gradients overflow even unscaled).
+  D's step skips only D's update (and the scale, updated after each optimizer, grows after ``growth_interval``
+  clean optimizer steps: 2000 = 1000 training steps). The guard counts what the scaler skipped (the same
+  finiteness test on the unscaled gradients, a device flag: no host sync). Overflow skips are fp16's normal
+  range-finding, not errors; they count as failures when a loss is non-finite or the scale has fallen to
+  :data:`MIN_LOSS_SCALE` (the gradients overflow even unscaled; DeepSpeed's scaler stops there).
 * ``device`` (fused Adam, default on CUDA): the optimizer skips on the device, through the contract torch's own
   ``GradScaler.step`` uses with optimizers that set ``_step_supports_amp_scaling`` (fused Adam): it sets
   ``optimizer.grad_scale`` (None: nothing to unscale) and ``optimizer.found_inf`` (a 0-d float tensor, 1.0 to
@@ -45,7 +47,7 @@ from typing import Literal
 import torch
 
 DIVERGENCE_FACTOR = 100.0
-MIN_LOSS_SCALE = 1.0  # fp16: below this the gradients overflow even unscaled; that is divergence, not fp16's range
+MIN_LOSS_SCALE = 1.0  # fp16: at or below this the gradients overflow even unscaled: divergence, not fp16's range
 
 GuardMode = Literal["scaler", "device", "host", "deepspeed"]
 
@@ -125,10 +127,8 @@ class NonFiniteGuard:
         fp16 optimizer's); None without loss scaling."""
         if self.scaler is not None:
             return self.scaler.get_scale()
-        for engine in self.engines:  # DeepSpeed's fp16 (GPU only): its optimizer scales the loss itself
-            if engine.fp16_enabled():
-                return float(engine.optimizer.loss_scale)
-        return None
+        scales = [float(e.optimizer.loss_scale) for e in self.engines if e.fp16_enabled()]  # DeepSpeed's fp16 (GPU
+        return min(scales) if scales else None  # only): each engine's optimizer scales its own loss; the lowest
 
     def _engines_skipped(self) -> int:
         return sum(int(getattr(engine, "skipped_steps", 0)) for engine in self.engines)

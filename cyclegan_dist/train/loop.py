@@ -36,8 +36,7 @@ def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool 
             write_config(config, run.config)
         return loop(session, config, stop_after)
     except BaseException:
-        if session is None and rt.is_main:
-            lock.release()
+        if session is None and lock.held:  # only the holder cleans up, and while it still holds the lock
             run.remove_if_unused(made)
         raise
     finally:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, diff_configs
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.rundir import RunDir, is_checkpoint
+from cyclegan_dist.rundir import DAMAGED_PREFIX, RunDir, is_checkpoint
 
 log = logging.getLogger("cyclegan_dist.train")
 
@@ -55,8 +55,13 @@ def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barr
         return None
     rank = _rank() if rank is None else rank
     start = find_start(run, resume, rank=rank, gather=gather or ckpt.all_gather)
-    if start.damaged and is_main:
-        record_damaged(run, start)
+    if start.damaged:
+        if is_main:
+            record_damaged(run, start)
+            for checkpoint in dict.fromkeys(d["checkpoint"] for d in start.damaged):
+                if Path(checkpoint).parent == run.checkpoints:  # this run's: never picked, pruned or rolled to again
+                    run.set_aside_damaged(Path(checkpoint))
+        barrier()
     if start.source is not None:
         _CHOSEN[(str(start.source), rank)] = start.loaded
     return start.source
@@ -103,7 +108,8 @@ def record_damaged(run: RunDir, start: Start) -> list[str]:
         by_checkpoint.setdefault(d["checkpoint"], []).append(d)
     messages = []
     for checkpoint, found in by_checkpoint.items():
-        message = (f"checkpoint {checkpoint} is damaged and was passed over: "
+        message = (f"checkpoint {checkpoint} is damaged and was passed over (renamed to "
+                   f"{DAMAGED_PREFIX}{Path(checkpoint).name}): "
                    + "; ".join(f"{d['file']}: {d['reason']}" for d in found)
                    + f"; resuming from {start.source or 'step 0'} instead")
         log.warning("checkpoint: %s", message)

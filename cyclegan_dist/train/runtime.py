@@ -146,12 +146,12 @@ class Runtime:
         return flag
 
     def collective_check(self, check, elsewhere: str) -> None:
-        """Run ``check`` here; if it raises a UserError on any rank, every rank raises one (the failing rank its
-        own, the others ``elsewhere``), so no rank goes on to wait alone in a collective."""
+        """Run ``check`` here; if it raises on any rank, every rank raises (the failing rank its own exception,
+        the others a UserError saying ``elsewhere``), so no rank goes on to wait alone in a collective."""
         error = None
         try:
             check()
-        except UserError as exc:
+        except Exception as exc:  # noqa: BLE001 - an OSError too (a read-only run root): every rank must hear of it
             error = exc
         if self.world > 1 and self.sum(torch.tensor([1.0 if error else 0.0])).item() > 0 and error is None:
             error = UserError(elsewhere)
@@ -214,11 +214,15 @@ def _read_ds_config(path: str, train: TrainConfig) -> dict:
 
 
 def _set_determinism(train: TrainConfig, cpu: bool) -> None:
-    """``train.deterministic``: torch's deterministic algorithms and no cuDNN autotuning (bit-exact resume on a
-    GPU, slower); otherwise cuDNN picks the fastest kernels for the fixed crop size, as the reference does."""
+    """``train.deterministic``: torch's deterministic algorithms where it has them and no cuDNN autotuning (slower;
+    bit-exact resume on a GPU for networks whose every op has a deterministic kernel: the U-Nets; the ResNets'
+    reflection-pad backward has none on CUDA, and torch warns); otherwise cuDNN picks the fastest kernels for the
+    fixed crop size, as the reference does."""
     if train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
-        torch.use_deterministic_algorithms(True)
+        # warn_only: an op without a deterministic CUDA kernel (the ResNet's ReflectionPad2d backward) warns
+        # instead of failing the run; everything else runs deterministically
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if not cpu:
         torch.backends.cudnn.benchmark = not train.deterministic
         torch.backends.cudnn.deterministic = train.deterministic

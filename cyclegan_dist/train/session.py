@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import time
 from pathlib import Path
@@ -100,6 +101,8 @@ class Session:
                                     world=rt.world, rank=rt.rank, source=self.source)
         self.state.load_state_dict(shared, mine, rt.device)
         notes = []
+        if rt.device.type == "cpu" and shared.get("cpu_threads") and not os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(shared["cpu_threads"])  # as before: other threads, other sums (bit-exact resume)
         replanned = self.state.schedule.replan(self.state.step, t.steps, t.lr_decay_fraction)
         if replanned != self.state.schedule:
             notes.append(f"train.steps is now {t.steps}: the LR curve continues from factor "
@@ -186,12 +189,16 @@ class Session:
         metrics.update({"lr": self.lr, "world_size": rt.world, "img_per_s": w.steps * t.batch_size * rt.world / elapsed,
                         "step_time_s": elapsed / w.steps, "data/skipped": skipped_samples,
                         "mem/peak_gb": peak_memory_gb(rt.device)})
+        bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
         scale, failures = self.guard.loss_scale(), skipped_steps  # failures: skips that count against the policy
         if scale is None:
             metrics["train/skipped_steps"] = skipped_steps
-        else:  # fp16: overflow skips are the loss scaler's range-finding; a collapsed scale is the failure
-            metrics.update({"amp/overflow_skips": skipped_steps, "amp/loss_scale": scale})
-            failures = skipped_steps if scale < MIN_LOSS_SCALE else 0
+        else:  # fp16: overflow skips are the loss scaler's range-finding; a non-finite loss or a collapsed scale
+            metrics.update({"amp/overflow_skips": skipped_steps, "amp/loss_scale": scale})  # are failures
+            if scale <= MIN_LOSS_SCALE and skipped_steps:
+                bad.append(f"gradients (fp16 loss scale {scale:.3g} <= {MIN_LOSS_SCALE:g}, {skipped_steps} overflow "
+                           "skips in this period)")
+            failures = skipped_steps if bad else 0
         c = self.state.counters
         c["skipped_steps"] += failures
         first_skips = skipped_samples and not c.get("skipped_samples")
@@ -208,10 +215,6 @@ class Session:
             self.tracker.warn("data", f"{skipped_samples} unreadable sample(s) skipped and redrawn by step "
                               f"{self.state.step} (over all workers and ranks); first: {', '.join(first_keys)}; "
                               "later ones are counted in data/skipped", keys=first_keys)
-        bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
-        if scale is not None and scale < MIN_LOSS_SCALE:
-            bad.append(f"gradients (fp16 loss scale {scale:.3g} < {MIN_LOSS_SCALE:g} after "
-                       f"{metrics['amp/overflow_skips']} overflow skips in this period)")
         if not (failures or bad):
             return "go"
         local_bad = [n for n, ok in zip(names, torch.isfinite(local).tolist()) if not ok]
@@ -300,7 +303,8 @@ class Session:
             return {**state.shared_state(), "config": self.config.to_dict(), "world_size": rt.world,
                     "generators": self.gens_plain.state_dict(), "discriminators": self.discs_plain.state_dict(),
                     **({} if sharded else {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()}),
-                    "scaler": rt.scaler.state_dict() if rt.scaler is not None else None}
+                    "scaler": rt.scaler.state_dict() if rt.scaler is not None else None,
+                    "cpu_threads": torch.get_num_threads() if rt.device.type == "cpu" else None}
 
         rank_state = {**state.rank_state(), "samples_seen": state.step * t.batch_size,
                       "digest": {"generators": ckpt.weights_digest(self.gens_plain),
