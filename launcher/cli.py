@@ -181,41 +181,53 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_submit, add_resume, add_status, add_gather, add_cancel, add_collect, add_report, add_logs,
+                add_clusters):
+        add(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run-root",
-                       help="where runs live (default: $CYCLEGAN_RUN_ROOT, the profile's run_root, ./runs)")
-        p.add_argument("--cluster", default="auto",
-                       help="auto | slurm | local | a profile name (./slurm/clusters, the shipped ones) | a YAML path")
 
-    def resources(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--gpus", type=int, help="total GPUs = ranks (0: CPU ranks); default one node / all local GPUs")
-        p.add_argument("--gpus-per-node", type=int, help="override the profile's gpus_per_node")
-        p.add_argument("--cpu-ranks", type=int, help="CPU processes for --gpus 0 (default 1)")
-        p.add_argument("--cpus-per-task", type=int, help="override the profile's cpus_per_task")
-        p.add_argument("--time", help="time limit, SLURM syntax (e.g. 24:00:00); overrides the profile")
-        p.add_argument("--partition", help="override the profile's partition")
-        p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                       help="config overrides for every run, e.g. --set train.steps=2000 data.root=/data/shards")
-        p.add_argument("--detach", action="store_true", help="local executor: do not follow the log")
-        p.add_argument("--dry-run", action="store_true",
-                       help="validate and show the plan and the sbatch script (works without sbatch); submit nothing")
-        p.add_argument("--no-snapshot", action="store_true",
-                       help="jobs run the live code, not a copy taken at submission (development only)")
-        common(p)
-        p.set_defaults(func=cmd_submit)
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-root",
+                   help="where runs live (default: $CYCLEGAN_RUN_ROOT, the profile's run_root, ./runs)")
+    p.add_argument("--cluster", default="auto",
+                   help="auto | slurm | local | a profile name (./slurm/clusters, the shipped ones) | a YAML path")
 
+
+def _resources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", type=int, help="total GPUs = ranks (0: CPU ranks); default one node / all local GPUs")
+    p.add_argument("--gpus-per-node", type=int, help="override the profile's gpus_per_node")
+    p.add_argument("--cpu-ranks", type=int, help="CPU processes for --gpus 0 (default 1)")
+    p.add_argument("--cpus-per-task", type=int, help="override the profile's cpus_per_task")
+    p.add_argument("--time", help="time limit, SLURM syntax (e.g. 24:00:00); overrides the profile")
+    p.add_argument("--partition", help="override the profile's partition")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run, e.g. --set train.steps=2000 data.root=/data/shards")
+    p.add_argument("--detach", action="store_true", help="local executor: do not follow the log")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and show the plan and the sbatch script (works without sbatch); submit nothing")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="jobs run the live code, not a copy taken at submission (development only)")
+    _common(p)
+    p.set_defaults(func=cmd_submit)
+
+
+def add_submit(sub) -> None:
     p = sub.add_parser("submit", help="validate and queue runs (a job array for a sweep)")
     p.add_argument("--exp", action="append", required=True, metavar="EXP[,EXP...]",
                    help="experiments (configs/*.yaml stems, e.g. resnet9,unet) or YAML paths")
     p.add_argument("--seeds", action="append", metavar="S[,S...]", help="seeds (default: the config's seed)")
     p.add_argument("--name", help="run name (a prefix within a sweep); default <exp>-s<seed>-<timestamp>")
-    resources(p)
+    _resources(p)
 
+
+def add_resume(sub) -> None:
     p = sub.add_parser("resume", help="a new job for a stopped/failed/cancelled run: continues its checkpoints")
     p.add_argument("run", metavar="RUN")
-    resources(p)
+    _resources(p)
 
+
+def add_status(sub) -> None:
     p = sub.add_parser("status", help="table of runs: job, state, step/total, img/s, ETA, GPU-hours, requeues, "
                        "last losses, last warning or error")
     p.add_argument("runs", nargs="*", metavar="RUN", help="only these runs")
@@ -223,21 +235,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
                    help="refresh in place every SECONDS (default 5) until every run has ended")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_status)
 
+
+def add_gather(sub) -> None:
     p = sub.add_parser("gather", help="finished runs -> table + CSV + JSON (metrics, checkpoints, W&B, GPU-hours)")
     p.add_argument("--exp", action="append", help="only these experiments")
     p.add_argument("--out", help="directory for gather-<exp>.csv/.json (default: the run root)")
     p.add_argument("--all", action="store_true", help="include runs still pending or running")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_gather)
 
+
+def add_cancel(sub) -> None:
     p = sub.add_parser("cancel", help="stop runs (SIGTERM: they checkpoint if they can); RUN may be an array job id")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_cancel)
 
+
+def add_collect(sub) -> None:
     p = sub.add_parser("collect", help="finished runs' best generators -> checked Kaggle submission zips")
     p.add_argument("--exp", action="append", metavar="EXP[,EXP...]", help="experiments (default: all)")
     p.add_argument("--run", dest="runs", nargs="+", action="extend", metavar="RUN",
@@ -253,29 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N photos (a quick test)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--time", default="01:00:00", help="time limit of an export job (default 01:00:00)")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_collect)
 
+
+def add_report(sub) -> None:
     p = sub.add_parser("report", help="finished runs -> report.md (table, winner), grid.png, curves.png")
     p.add_argument("--exp", action="append", metavar="EXP[,EXP...]", help="experiments to compare (default: all)")
     p.add_argument("--run", dest="runs", nargs="+", action="extend", metavar="RUN", help="only these runs")
     p.add_argument("--name", help="report name (default: the experiments joined by _vs_)")
     p.add_argument("--out", default="reports", help="directory for <name>/ (default: ./reports)")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_report)
 
+
+def add_logs(sub) -> None:
     p = sub.add_parser("logs", help="every rank's log of a run's job: the last lines, or followed live (-f)")
     p.add_argument("run", metavar="RUN")
     p.add_argument("-n", "--lines", type=int, default=40, help="lines per rank (default 40)")
     p.add_argument("--rank", type=int, metavar="N", help="only rank N")
     p.add_argument("-f", "--follow", action="store_true", help="follow the logs while the job runs (Ctrl-C stops)")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_logs)
 
+
+def add_clusters(sub) -> None:
     p = sub.add_parser("clusters", help="the cluster profiles found, and where (search order)")
     p.set_defaults(func=cmd_clusters)
-    return parser
-
 
 def cmd_clusters(args: argparse.Namespace) -> int:
     print("cluster profiles (--cluster NAME); search path (first match wins): "
