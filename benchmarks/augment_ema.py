@@ -237,7 +237,8 @@ def main(argv=None) -> int:
         f"crop 32), styles {args.styles}; "
         f"{args.steps} steps per run, batch 4, seeds {args.seeds}",
         "- settings: reference = junyanz semantics; diffaugment = color,translation,cutout on every image a "
-        "discriminator sees; ema = generator EMA, decay 0.99 (scored with the EMA weights); both",
+        "discriminator sees; ema = generator EMA, decay 0.99, with its warm-up (train.ema_rampup 0.05, the "
+        "default), scored with the EMA weights; both",
         "- identity baseline PSNR(x, T(x)): " + ", ".join(
             f"{s} {statistics.mean([r['psnr_identity'] for r in rows if r['style'] == s]):.2f} dB"
             for s in dict.fromkeys(r['style'] for r in rows)),

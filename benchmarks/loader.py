@@ -15,6 +15,12 @@ Data sets (built once under ``--data-dir`` from real photos shipped in pip packa
 * ``kaggle``: 256x256 JPEGs, like the competition's (``--photos`` photos, ``--paintings`` "paintings");
 * ``large``: 1024-2048 px JPEGs (upscaled crops of the same photos), like a user's own camera folders.
 
+``--remote http,s3`` adds the remote arm (``data.root`` = ``http://`` or ``s3://``, ``cyclegan_dist/data/remote.py``):
+the first ``--samples`` samples/s, setup included, from the local root, from a cold node cache (the shards are
+fetched first) and from a warm one (the index is read, the cached shards are checked), against servers on
+loopback that the benchmark starts (a ThreadingHTTPServer; moto's S3 *emulator*): it measures the client's and the
+cache's overhead, not a network.
+
 A "sample" is one photo plus one painting: what one step at batch 1 consumes, so samples/s compare directly
 with ``benchmarks.step``'s img/s. Loaders are created once and timed interleaved: batch by batch with 0 workers
 (in-process), in windows with workers; before each window the batches a loader prefetched while idle are drained,
@@ -24,6 +30,7 @@ so they do not count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -213,6 +220,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(ROOT / ".cache" / "bench-loader"), help="where the data sets are built")
     p.add_argument("--gpu-img-s", type=float, default=None, help="one GPU's training img/s, for the feeding statement")
     p.add_argument("--step-json", default=None, help="benchmarks.step --json output to take the GPU img/s from")
+    p.add_argument("--remote", type=csv(str), default=[],
+                   help="remote arms, comma-separated: http,s3 (loopback servers; s3 needs moto[server])")
     p.add_argument("--node-cores", type=int, default=None, help="CPU cores of a GPU node (default: this machine's)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of that node (default 8)")
     args = parse_with_quick(p, argv, {"size": 64, "load_size": 72, "photos": 24, "paintings": 8, "image_size": 64,
@@ -227,6 +236,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise SystemExit(f"error: --formats {shard_format!r} is not one of {', '.join(SHARD_FORMATS)}")
     if len(args.batch) != 1:
         raise SystemExit("error: give one --batch")
+    for arm in args.remote:
+        if arm not in ("http", "s3"):
+            raise SystemExit(f"error: --remote {arm!r} is not one of http, s3")
     return args
 
 
@@ -290,6 +302,11 @@ def main(argv=None) -> int:
                 print(f"[{key} workers {workers}] ours {ours_rate:.1f}/s, reference {ref_rate:.1f}/s, ratio "
                       f"{r.text()} ({r.spread()})", flush=True)
     report.notes += notes_for(args, report.rows, built, per_core)
+    if args.remote:
+        fmt0 = args.formats[0]
+        report.extra["remote"] = [remote_arm(Path(args.data_dir) / kind / f"shards-{fmt0}", arm, args, batch)
+                                  for kind in args.kinds for arm in args.remote]
+        report.notes += [remote_note(row) for row in report.extra["remote"]]
     report.extra["datasets"] = built
     if per_core:
         rate, source = gpu_rate(args)
@@ -341,6 +358,105 @@ def notes_for(args, rows: list[dict], built: dict, per_core: dict) -> list[str]:
         notes.append(f"feeding: at {rate:.0f} img/s per GPU ({source}), one node's CPUs: " + "; ".join(lines)
                      + ". Per-core rates measured on this machine (a shared, loaded one gives lower rates)")
     return notes
+
+
+# ------------------------------------------------------------------------------------------ the remote arm
+
+
+@contextlib.contextmanager
+def loopback_server(arm: str, root: Path):
+    """The URL of ``root`` served on 127.0.0.1: a ThreadingHTTPServer, or moto's S3 emulator (dummy credentials
+    and its endpoint set in this process's environment while it runs)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    if arm == "http":
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root.parent)))
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/{root.name}"
+        finally:
+            server.shutdown()
+            server.server_close()
+        return
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from cyclegan_dist.data.remote import upload_root
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true",
+           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3").create_bucket(Bucket="bench")
+        upload_root(root, "s3://bench/root", overwrite=False)
+        yield "s3://bench/root"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def remote_arm(root: Path, arm: str, args, batch: int) -> dict[str, Any]:
+    """Samples/s of the first ``--samples`` samples, setup included, from ``root`` itself and from its URL with a
+    cold and a warm node cache (medians of ``--reps``)."""
+    import shutil
+    import tempfile
+
+    from cyclegan_dist.data.remote import local_root
+    from cyclegan_dist.data.streams import UnpairedShardDataset, make_loader
+
+    k = max(1, (args.samples or 100) // batch)
+
+    def first_samples(source, cache: Path) -> tuple[float, float]:
+        start = time.perf_counter()
+        local = local_root(source, cache) if isinstance(source, str) else source
+        fetched = time.perf_counter() - start
+        ds = UnpairedShardDataset(local, "photo", "monet", load_size=args.load_size, crop_size=args.size, seed=0)
+        it = iter(make_loader(ds, batch, 0, 0))
+        for _ in range(k):
+            next(it)
+        return k * batch / (time.perf_counter() - start), fetched
+
+    rates: dict[str, list[float]] = {"local": [], "cold": [], "warm": []}
+    fetch_s = []
+    with loopback_server(arm, root) as url, tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+        for rep in range(args.reps):
+            cache = Path(tmp) / f"rep{rep}"
+            shutil.rmtree(cache, ignore_errors=True)
+            rates["local"].append(first_samples(root, cache)[0])
+            cold, fetched = first_samples(url, cache)
+            rates["cold"].append(cold)
+            fetch_s.append(fetched)
+            rates["warm"].append(first_samples(url, cache)[0])
+    mb = sum(p.stat().st_size for p in root.glob("*.tar")) / 2**20
+    return {"root": str(root), "arm": arm, "samples": k * batch, "shard_mb": round(mb, 1),
+            **{f"{name}_samples_s": median(v) for name, v in rates.items()},
+            "cold_fetch_s": median(fetch_s), "cold_fetch_mb_s": mb / max(median(fetch_s), 1e-9)}
+
+
+def remote_note(row: dict[str, Any]) -> str:
+    return (f"remote {row['arm']} ({Path(row['root']).parent.name}/{Path(row['root']).name}, {row['shard_mb']} MB of "
+            f"shards, loopback): first {row['samples']} samples incl. setup: local root "
+            f"{row['local_samples_s']:.1f}/s, cold cache {row['cold_samples_s']:.1f}/s (fetch {row['cold_fetch_s']:.2f}"
+            f" s, {row['cold_fetch_mb_s']:.0f} MB/s), warm cache {row['warm_samples_s']:.1f}/s")
 
 
 if __name__ == "__main__":

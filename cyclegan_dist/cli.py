@@ -5,6 +5,7 @@ their traceback.
   train                 train a CycleGAN (one process, or one per rank under torchrun / accelerate / SLURM)
   prepare               image folders or the Kaggle layout -> WebDataset shards
   export                a trained generator -> a checked Kaggle images.zip (or the generator alone)
+  translate             photos of any size (folder, zip, glob, one file) -> translated images, names kept
   validate-submission   check an images.zip as Kaggle reads it
   fid                   FID, memorization distance and MiFID of generated images (as Kaggle scores them)
   configs               the experiments this installation knows, and where they are
@@ -74,7 +75,8 @@ def add_prepare(sub) -> None:
     p.add_argument("--photos", metavar="DIR", help="folder of photos (recursive), domain A")
     p.add_argument("--paintings", metavar="DIR", help="folder of paintings (recursive), domain B")
     p.add_argument("--kaggle", metavar="DIR", help="Kaggle competition folder (monet_jpg/ photo_jpg/ or *_tfrec/)")
-    p.add_argument("--out", metavar="DIR", required=True, help="shard root to write")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="shard root to write: a directory or s3://bucket/prefix (written here, then uploaded)")
     p.add_argument("--domains", default="photo,monet",
                    help="names of the photo and painting domains (default photo,monet)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per tar (default 1000)")
@@ -118,13 +120,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                            quality=args.quality,
                            format=args.format, progress=not args.no_progress, min_size=args.min_size,
                            overwrite=args.overwrite)
-    out = Path(args.out).expanduser()
     for name, d in index["domains"].items():
         skipped = d["skipped_corrupt"] + d["skipped_small"]
-        size_mb = sum((out / sh["url"]).stat().st_size for sh in d["shards"]) / 2**20
+        size_mb = sum(sh["bytes"] for sh in d["shards"]) / 2**20
         print(f"{name}: {d['count']} images in {len(d['shards'])} shard(s), {size_mb:.1f} MB ({index['format']})"
               + (f", {skipped} skipped" if skipped else ""))
-    print(f"wrote {out / 'index.json'}")
+    index_path = (f"{str(args.out).rstrip('/')}/index.json" if "://" in str(args.out)
+                  else Path(args.out).expanduser() / "index.json")
+    print(f"wrote {index_path}")
     return 0
 
 
@@ -175,6 +178,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: not found (a run or checkpoint directory, a "
                         "--generator-only directory, a .safetensors or a junyanz .pth file)")
     if args.photos:
+        from cyclegan_dist.data.remote import local_source
+
+        args.photos = local_source(args.photos)  # shards of an s3:// or https:// root: the node-local copy
         ImageSource(args.photos)
     if args.generator_only:
         from cyclegan_dist.models.io import export_generator
@@ -196,6 +202,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             for fmt in (f for f in formats if f != "safetensors"):
                 path, worst = export_format(net, fmt, out, arch.generator)
                 print(f"wrote {path} (parity on real photos: max |difference| {worst:.2g} <= {PARITY_TOL:g})")
+        from cyclegan_dist.eval.model_card import SAMPLES_PNG, write_model_card
+
+        card = write_model_card(out, args.checkpoint, direction=args.direction, raw_weights=args.raw_weights)
+        grid = SAMPLES_PNG if (out / SAMPLES_PNG).is_file() else "no sample grid: the card says why"
+        print(f"wrote {card} and {out / 'model_card.yaml'} ({grid})")
         return 0
     if not args.photos or not args.out:
         raise UserError("export needs --photos SOURCE and --out images.zip (or --generator-only OUTDIR)")
@@ -220,6 +231,84 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{res.seconds:.1f}s ({res.images / max(res.seconds, 1e-9):.1f} img/s)"
           + ("; valid submission" if not res.warnings else ""))
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ translate
+
+
+TRANSLATE_EPILOG = """\
+examples:
+  python -m cyclegan_dist translate --checkpoint runs/resnet9/RUN --in photos/ --out paintings/
+  python -m cyclegan_dist translate --checkpoint gen/ --in 'holiday/*.jpg' --out out.zip --size 512
+  python -m cyclegan_dist translate --checkpoint runs/resnet9/RUN --in big.jpg --out out/ --full-res
+
+sizes: the architecture takes sides that are multiples of 4 (ResNet) or of N (unet_N); other sizes are
+reflect-padded up to the next multiple and cropped back, so every output has the size of its (resized) input.
+
+exit status: 0 every image was translated; 1 some could not be read (each is named on stderr, the others are
+written); 2 a mistake in the command (missing checkpoint, no images in --in, --out inside --in, ...)."""
+
+
+def add_translate(sub) -> None:
+    p = sub.add_parser(
+        "translate", help="translate photos of any size (a folder, zip, glob or one file) into images, names kept",
+        description="Translate every image of --in with a trained generator and write the results under --out\n"
+                    "with the same names (and sub-folders). --checkpoint is a run directory (its best checkpoint,\n"
+                    "else the newest), a checkpoint directory, an exported generator directory, a .safetensors\n"
+                    "file, or a junyanz .pth file; a run's EMA weights are used when it has them.",
+        epilog=TRANSLATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_RUN_DIR", help="where the generator comes from")
+    p.add_argument("--in", dest="src", required=True, metavar="SRC",
+                   help="a folder (recursive), a .zip, a glob in quotes ('photos/*.jpg', '**' recursive), one "
+                        "image file (any format PIL reads), or WebDataset shards")
+    p.add_argument("--out", dest="dst", required=True, metavar="DST",
+                   help="a folder (created; files of the same name are replaced) or a .zip (replaced whole once "
+                        "complete); never inside a source folder, never over a source file")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                   help="AtoB = G_A, photo -> painting (default); BtoA = G_B")
+    p.add_argument("--size", type=int, metavar="N",
+                   help="resize the shorter side to N px, aspect kept (default: the training size, data.crop_size "
+                        "of the run's config; 256 for an exported or junyanz generator)")
+    p.add_argument("--full-res", action="store_true",
+                   help="keep each image's own size: translate it in overlapping tiles blended without seams")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="with --full-res: tile side in px, rounded up to a size the architecture takes "
+                        "(default: the training size)")
+    p.add_argument("--overlap", type=int, metavar="N",
+                   help="with --full-res: px shared by neighbouring tiles, cross-faded (default: a quarter of the "
+                        "tile)")
+    p.add_argument("--format", dest="fmt", choices=("auto", "jpeg", "png"), default="auto",
+                   help="output format: auto (default) writes JPEG for .jpg/.jpeg inputs and PNG for the rest; "
+                        "jpeg or png force one (the extension follows)")
+    p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images (or tiles) per forward pass; consecutive images of one size share it (default 8)")
+    p.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="the trained generator, not its EMA copy (train.ema_decay)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_translate)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from cyclegan_dist.eval.translate import translate_source
+
+    def on_skip(name: str, why: str) -> None:
+        tqdm.write(f"skipped {name}: {why}", file=sys.stderr)  # above the progress bar
+
+    res = translate_source(args.checkpoint, args.src, args.dst, direction=args.direction, size=args.size,
+                           full_res=args.full_res, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                           fmt=args.fmt, quality=args.quality, device=parse_device(args.device), bf16=args.bf16,
+                           raw_weights=args.raw_weights, progress=not args.quiet, on_skip=on_skip)
+    print(f"generator {res.generator} from {res.checkpoint} ({args.direction}) on {res.device}; {res.size}",
+          file=sys.stderr)
+    where = res.out if res.translated else f"nothing written to {res.out}"
+    print(f"translated {res.translated} image(s), skipped {res.n_skipped}: {where} in {res.seconds:.1f}s"
+          + (" (the skipped ones are named above)" if res.n_skipped else ""))
+    return 1 if res.n_skipped else 0
 
 
 # ------------------------------------------------------------------------------------------------ submissions, FID
@@ -333,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cyclegan_dist", description=USER_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_prepare, add_export, add_validate_submission, add_fid, add_configs):
+    for add in (add_train, add_prepare, add_export, add_translate, add_validate_submission, add_fid,
+                add_configs):
         add(sub)
     return parser
 

@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None  # shard root written by `prepare`; null = the embedded demo data set
+    root: str | None = None  # shard root from `prepare`: a directory, s3://bucket/prefix, https://host/path; null: demo
     domain_a: str = "photo"
     domain_b: str = "monet"
     load_size: int = 286
@@ -58,6 +58,8 @@ class DataConfig:
     demo_style: Literal["colour", "strokes"] = "colour"  # the demo's "painting" transform (data/styles.py)
     demo_photos: int = 600  # photo crops of the demo set
     demo_paintings: int = 300  # painting crops of the demo set (30 vs 600: a data-poor setting like Kaggle's)
+    cache_dir: str | None = None  # node-local cache of a remote root; null = $SLURM_TMPDIR, $TMPDIR or /tmp
+    cache_max_gb: float = 100.0  # the cache's size limit: least recently used roots are evicted beyond it
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class TrainConfig:
     checkpoint_every: int = 2000
     keep_last: int = 3
     ema_decay: float = 0.0  # > 0: an EMA of the generators, used for samples, in-training FID, export, collect
+    ema_rampup: float = 0.05  # EMA warm-up: half-life <= this x images seen (StyleGAN2-ADA's rule); 0 = off
 
 
 @dataclass(frozen=True)
@@ -276,51 +279,57 @@ def from_dict(raw: Mapping[str, Any], cls: type = Config, where: str = "config",
 
 
 def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    """``value`` as the field type ``hint`` (a dataclass, Literal, Optional, tuple or scalar), else a UserError."""
     if dataclasses.is_dataclass(hint):
         return from_dict(value if value is not None else {}, hint, where, key + ".")
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
-        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
-            value = "yes" if value else "no"  # YAML 1.1 reads no/off/yes/on as booleans
-        if value not in args:
-            raise UserError(f"{where}: {key}={value!r} is not valid; choose one of: {', '.join(map(str, args))}")
-        return value
+        return _as_choice(value, args, where, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, key)
+        return _coerce(value, next(a for a in args if a is not type(None)), where, key)
     if origin is tuple:
         if isinstance(value, str):  # "a,b" on the command line; "" is the empty tuple
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: {key} must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], where, key) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: {key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: {key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: {key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise UserError(f"{where}: {key} must be a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported config type {hint} for {key}")  # internal: a field type the coercer lacks
+    if hint not in _SCALARS:
+        raise TypeError(f"unsupported config type {hint} for {key}")  # internal: a field type the coercer lacks
+    coerced = _SCALARS[hint](value)
+    if coerced is None:
+        raise UserError(f"{where}: {key} must be {_SCALAR_NAMES[hint]}, got {value!r}")
+    return coerced
+
+
+def _as_choice(value: Any, choices: tuple, where: str, key: str) -> Any:
+    if isinstance(value, bool) and all(isinstance(a, str) for a in choices):
+        value = "yes" if value else "no"  # YAML 1.1 reads no/off/yes/on as booleans
+    if value not in choices:
+        raise UserError(f"{where}: {key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+    return value
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+# Each scalar field type -> a converter returning None for a value of the wrong kind, and its name in messages.
+_SCALARS = {
+    bool: lambda v: v if isinstance(v, bool) else None,
+    int: lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
+    float: _as_float,
+    str: lambda v: str(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None,
+}
+_SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
 
 def validate(config: Config, where: str = "config") -> None:
@@ -358,12 +367,16 @@ def validate(config: Config, where: str = "config") -> None:
         (l.lambda_cycle >= 0 and l.lambda_identity >= 0, "loss.lambda_cycle and loss.lambda_identity must be >= 0"),
         (config.eval.every >= 0, "eval.every must be >= 0"),
         (0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be within [0, 1), got {t.ema_decay}"),
+        (t.ema_rampup >= 0.0, f"train.ema_rampup must be >= 0 (0 = no warm-up), got {t.ema_rampup}"),
         (d.demo_photos >= 1 and d.demo_paintings >= 1, "data.demo_photos and data.demo_paintings must be >= 1"),
+        (d.cache_max_gb > 0, f"data.cache_max_gb must be > 0, got {d.cache_max_gb}"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(f"{where}: {message}")
     check_name(f"{where}: experiment", config.experiment)  # runs/<experiment>/...
+    if d.root is not None and "://" in d.root:
+        check_remote_url(f"{where}: data.root", d.root)
     for key, value in _leaves(config.to_dict()):
         if isinstance(value, str):
             check_text(f"{where}: {key}", value)
@@ -374,6 +387,31 @@ def validate(config: Config, where: str = "config") -> None:
                             f"{size}, got {d.crop_size}")
     if l.lambda_identity > 0 and m.input_nc != m.output_nc:
         raise UserError(f"{where}: loss.lambda_identity > 0 needs model.input_nc == model.output_nc")
+
+
+REMOTE_SCHEMES = ("s3", "https", "http")  # data.root / prepare --out beyond a directory (data/remote.py reads them)
+
+
+def check_remote_url(label: str, url: str) -> str:
+    """``url`` if it is ``s3://bucket[/prefix]`` or ``http(s)://host[/path]`` without credentials, query or fragment
+    (config.yaml records it; credentials come from the environment), else a UserError."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in REMOTE_SCHEMES:
+        raise UserError(f"{label}={url!r}: unsupported scheme {parts.scheme!r}; use a directory, "
+                        "s3://bucket/prefix or https://host/path")
+    if parts.username is not None or parts.password is not None:
+        raise UserError(f"{label}: a URL must not carry credentials (user:password@); give them through the "
+                        "environment (AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws, ~/.netrc) and remove them from the URL")
+    if parts.query or parts.fragment:
+        raise UserError(f"{label}: a shard root URL takes no '?query' or '#fragment' (a signed URL names one object; "
+                        "give credentials through the environment instead) and remove it from the URL")
+    if not parts.hostname:
+        raise UserError(f"{label}={url!r}: no {'bucket' if scheme == 's3' else 'host'}; e.g. "
+                        f"{'s3://bucket/prefix' if scheme == 's3' else 'https://host/path'}")
+    return url
 
 
 def _leaves(tree: Mapping[str, Any], prefix: str = ""):

@@ -242,11 +242,6 @@ class RunDir:
         complete = self.complete_checkpoints()
         return complete[-1] if complete else None
 
-    def run_ids(self) -> list[str]:
-        """The run ids of the complete checkpoints here, oldest checkpoint first (markers without one: "")."""
-        ids = [str((read_json(p / COMPLETE) or {}).get("run_id") or "") for p in self.complete_checkpoints()]
-        return list(dict.fromkeys(ids))
-
     def best(self) -> dict[str, Any] | None:
         """``{"checkpoint", "step", "eval/mifid"}`` of the best checkpoint, when it is still complete."""
         info = read_json(self.checkpoints / BEST_JSON)

@@ -7,7 +7,7 @@
   python -m launcher gather --exp resnet9
   python -m launcher cancel RUN
   python -m launcher collect --exp resnet9,unet        # best checkpoints -> submissions/<exp>-<run>.zip, checked
-  python -m launcher report --exp resnet9,unet         # reports/resnet9_vs_unet/report.md, grid.png, curves.png
+  python -m launcher report --exp resnet9,unet         # reports/resnet9_vs_unet/: report.md, report.html, pictures
 
 GPUs: one task (rank) per GPU; --gpus N fills nodes of the profile's gpus_per_node (N must fill whole nodes).
 Default: one full node on SLURM; on this machine all its CUDA GPUs, or one CPU rank when it has none.
@@ -172,7 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_name("--name", args.name)  # reports/<name>/
     path = report.make_report(_run_root(args), split_list(args.exp) or None, split_list(args.runs) or None,
                               args.name, Path(args.out).expanduser().absolute())
-    print(f"wrote {path} and {path.parent / 'grid.png'}, {path.parent / 'curves.png'}")
+    print(f"wrote {path}, {path.parent / 'report.html'}, {path.parent / 'grid.png'}, {path.parent / 'curves.png'}")
     return 0
 
 
@@ -262,7 +262,8 @@ def add_collect(sub) -> None:
                    help="only these runs (also a failed/stopped run that has a complete checkpoint)")
     p.add_argument("--photos", metavar="SHARDS|DIR|ZIP",
                    help="photos to translate (default: the run's photo domain, data.root + data.domain_a)")
-    p.add_argument("--out", default="submissions", help="directory for <exp>-<run>.zip (default: ./submissions)")
+    p.add_argument("--out", default="submissions", help="directory for <exp>-<run>.zip and <exp>-<run>.generator/ (the "
+                   "generator + its model card); default: ./submissions")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--here", action="store_true", help="export on this machine (default without sbatch, "
                        "or for runs that ran here)")
@@ -276,7 +277,8 @@ def add_collect(sub) -> None:
 
 
 def add_report(sub) -> None:
-    p = sub.add_parser("report", help="finished runs -> report.md (table, winner), grid.png, curves.png")
+    p = sub.add_parser("report", help="finished runs -> report.md and report.html (table, winner, "
+                       "gallery), grid.png, curves.png")
     p.add_argument("--exp", action="append", metavar="EXP[,EXP...]", help="experiments to compare (default: all)")
     p.add_argument("--run", dest="runs", nargs="+", action="extend", metavar="RUN", help="only these runs")
     p.add_argument("--name", help="report name (default: the experiments joined by _vs_)")

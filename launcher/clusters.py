@@ -9,7 +9,7 @@ machine, every key in :data:`LOCAL_KEYS`; a missing or unknown key is a :class:`
 flags override profile values. ``--cluster auto`` means SLURM where ``sbatch`` exists (the profile named by
 ``$CYCLEGAN_CLUSTER``, else ``default``, else ``testcluster``), otherwise ``local``.
 
-One process per GPU (DESIGN.md decision 1): ``tasks_per_node = gpus_per_node``,
+One process per GPU (docs/architecture.md, "How a request travels", steps 1 and 3): ``tasks_per_node = gpus_per_node``,
 ``nodes = ceil(gpus / gpus_per_node)``, and the GPUs must fill whole nodes. ``--gpus 0`` runs CPU ranks
 (``--cpu-ranks``, default 1) on one node; on this machine a local run may use at most the GPUs it has.
 """

@@ -6,8 +6,11 @@ run's own photo domain, ``data.root`` + ``data.domain_a``, or the embedded demo 
 of 256x256 JPEGs, on the cluster as a 1-GPU job (the run's SLURM profile) or here. The zip is written under a
 temporary name, checked as Kaggle would check it, and renamed to its final name only when its entries are valid.
 The 7,000-10,000 count rule is a warning below 7,000 (a --limit, or a photo set smaller than Kaggle's) and an
-error above 10,000. Nothing here imports torch at module level: the export itself (:func:`export_run`) imports
-it when it runs.
+error above 10,000. Beside each zip written, ``<out>/<exp>-<run>.generator/`` holds the generator that made it
+(``generator.safetensors`` + ``generator.yaml``, as ``export --generator-only`` writes them) and its model card
+(``MODEL_CARD.md``, ``model_card.yaml``, ``samples.png``; GPU-hours from the launcher's job records), written here
+after the export, also for an export job; a card that fails is a warning, the zip stays. Nothing here imports
+torch at module level: the export itself (:func:`export_run`) and the card import it when they run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from cyclegan_dist.errors import UserError
 from launcher import clusters, gather, runs
 
 EXPORT_TIME = "01:00:00"  # default time limit of an export job
+CARD_SUFFIX = ".generator"  # <out>/<exp>-<run>.generator/: the generator behind <exp>-<run>.zip and its model card
+GPU_HOURS_HOW = "the launcher's job records: wall time of every attempt x GPUs"
 
 
 # ------------------------------------------------------------------------------------------ which runs
@@ -123,6 +128,8 @@ def run_config(row: dict[str, Any]) -> dict[str, Any]:
 def default_photos(config: dict[str, Any]) -> str:
     """The run's photo domain as a shard glob: ``<data.root>/<domain_a>-*.tar``, or the demo set's photo shards."""
     data = config.get("data", {})
+    if data.get("root") and "://" in str(data["root"]):  # s3:// or https://: the job reads it through its node cache
+        return f"{str(data['root']).rstrip('/')}/{data.get('domain_a', 'photo')}-*.tar"
     if data.get("root"):
         root = Path(os.path.expandvars(str(data["root"]))).expanduser()
         return str(root / f"{data.get('domain_a', 'photo')}-*.tar")
@@ -133,9 +140,13 @@ def default_photos(config: dict[str, Any]) -> str:
 
 
 def check_photos(source: str) -> None:
-    """Fail here (a UserError naming the path) rather than in a job."""
+    """Fail here (a UserError naming the path) rather than in a job; a remote root: its index must be readable."""
+    from cyclegan_dist.data import remote
     from cyclegan_dist.images import ImageSource
 
+    if remote.is_remote(source):
+        remote.read_remote_index(source.rstrip("/").rpartition("/")[0])
+        return
     ImageSource(source)
 
 
@@ -149,12 +160,14 @@ def export_run(run_dir: str, photos: str, out_zip: str, limit: int | None = None
     Returns {checkpoint, best, images, errors, warnings, path (None unless written), device, seconds}."""
     import dataclasses
 
+    from cyclegan_dist.data.remote import local_source
     from cyclegan_dist.eval.export import export_submission
     from cyclegan_dist.rundir import RunDir, resolve_checkpoint
 
     ckpt = resolve_checkpoint(run_dir)
     best = RunDir(run_dir).best()
-    result = export_submission(run_dir, photos, out_zip, batch_size=batch_size, limit=limit, progress=progress)
+    result = export_submission(run_dir, local_source(photos), out_zip, batch_size=batch_size, limit=limit,
+                               progress=progress)
     return {**dataclasses.asdict(result), "checkpoint": str(ckpt),
             "best": best is not None and best["checkpoint"] == ckpt.name}
 
@@ -172,6 +185,11 @@ class Item:
     job: Any = None
     result: dict[str, Any] = field(default_factory=dict)
     failure: str | None = None
+    card: Path | None = None  # MODEL_CARD.md beside the zip, once written
+
+    @property
+    def card_dir(self) -> Path:
+        return self.out.with_name(self.out.stem + CARD_SUFFIX)
 
     @property
     def label(self) -> str:
@@ -260,6 +278,28 @@ def run_here(item: Item, limit: int | None, batch_size: int) -> None:
         item.failure = str(exc)
 
 
+def write_card(item: Item) -> None:
+    """The generator that made the zip (its checkpoint, as the export chose it) and its model card, into
+    ``item.card_dir``; any failure is a warning (printed), never a lost zip."""
+    from cyclegan_dist.eval.model_card import write_model_card
+    from cyclegan_dist.models.io import export_generator
+    from launcher.report import launcher_gpu_hours
+
+    res = item.result
+    check = "valid" if not res.get("warnings") else "valid, with warnings: " + "; ".join(res["warnings"])
+    submission = {"file": item.out.name, "images": res.get("images"), "photos": item.photos, "check": check}
+    try:
+        export_generator(res["checkpoint"], item.card_dir)
+        hours = launcher_gpu_hours(item.row)
+        item.card = write_model_card(item.card_dir, res["checkpoint"], gpu_hours=hours,
+                                     gpu_hours_how=GPU_HOURS_HOW if hours is not None else None, submission=submission)
+    except Exception as exc:  # noqa: BLE001 - the card is extra: the zip is written and checked already
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        print(f"warning: {item.label}: model card not written in {item.card_dir}: {why}", file=sys.stderr)
+        return
+    print(f"model card of {item.label}: {item.card}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------ the command
 
 
@@ -304,6 +344,9 @@ def collect_submissions(run_root: Path, experiments: list[str] | None, names: li
     for item in items:
         if item.job is not None:
             wait_export(item)
+    for item in items:
+        if not item.failure and item.result.get("path"):
+            write_card(item)
     return _summarize(items)
 
 

@@ -98,7 +98,7 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
     validate(cfg)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and "OMP_NUM_THREADS" not in os.environ:  # one thread per CPU the task was given, not per core
-        os.environ["OMP_NUM_THREADS"] = cpus  # (oversubscribed CPU threads slow a step 10x or more)
+        os.environ["OMP_NUM_THREADS"] = cpus  # oversubscribed: many times slower (benchmarks/RESULTS.md, top)
     from cyclegan_dist.entry import request_stop, run  # torch loads here
 
     if cpus and os.environ["OMP_NUM_THREADS"] == cpus:

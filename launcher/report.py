@@ -1,10 +1,11 @@
-"""``launcher report``: finished runs -> ``<out>/<name>/report.md``, ``grid.png``, ``curves.png``, and the winner.
+"""``launcher report``: finished runs -> ``<out>/<name>/report.md``, ``report.html``, ``grid.png``, ``curves.png``,
+and the winner.
 
 The table, grid and curves are ``cyclegan_dist.eval.report`` (``summarize`` + ``write_report``); this module picks
 the runs (as ``collect`` does: COMPLETED runs, or those named with ``--run``), gives each its GPU-hours from the
 launcher's records (job wall time x GPUs over every attempt; x ranks for CPU runs), and appends the answer to
-the comparison: which experiment (generator) has the lower MiFID, with mean +- std over seeds per experiment.
-No torch at module level.
+the comparison: which experiment (generator) has the lower MiFID, with mean +- std over seeds per experiment
+(a ``Section``, which ``write_report`` puts in both documents). No torch at module level.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.eval.report_html import Section, Table, Text
 from launcher.collect import select_runs
 
 
@@ -63,15 +65,13 @@ def per_experiment(summaries: Sequence[Any], order: Sequence[str]) -> list[dict[
     return out
 
 
-def winner_section(summaries: Sequence[Any], order: Sequence[str]) -> tuple[list[str], str]:
-    """Markdown lines for report.md and the one-line verdict."""
+def winner_report(summaries: Sequence[Any], order: Sequence[str]) -> tuple[Section, str]:
+    """The section "which generator has the lower MiFID?" (for report.md and report.html) and the one-line verdict."""
     groups = per_experiment(summaries, order)
-    lines = ["", "## Which generator has the lower MiFID?", "",
-             "Per experiment over its runs (seeds): mean ± sample standard deviation of each run's best MiFID/FID.", "",
-             "| exp | generator | runs | runs with MiFID | MiFID | FID |", "|---|---|---:|---:|---:|---:|"]
-    for g in groups:
-        lines.append(f"| {g['experiment']} | {g['generator']} | {g['runs']} | {len(g['mifid'])} | {_pm(g['mifid'])} "
-                     f"| {_pm(g['fid'])} |")
+    table = Table(headers=("exp", "generator", "runs", "runs with MiFID", "MiFID", "FID"),
+                  rows=tuple((g["experiment"], g["generator"], str(g["runs"]), str(len(g["mifid"])), _pm(g["mifid"]),
+                              _pm(g["fid"])) for g in groups),
+                  right=frozenset(range(2, 6)))
     scored = sorted((g for g in groups if g["mifid"]), key=lambda g: mean_std(g["mifid"])[0])
     missing = [g["experiment"] for g in groups if not g["mifid"]]
     if not scored:
@@ -97,10 +97,19 @@ def winner_section(summaries: Sequence[Any], order: Sequence[str]) -> tuple[list
                 verdict += f" (the gap, {gap:,.1f}, is within one standard deviation: not conclusive)"
     if missing:
         verdict += f"; without an MiFID: {', '.join(missing)}"
-    lines += ["", f"**{verdict[0].upper() + verdict[1:]}.**", "",
-              "GPU-hours: job wall time of every attempt × GPUs, from the launcher's records (runs on CPU ranks: "
-              "× ranks, i.e. rank-hours)."]
-    return lines, verdict
+    section = Section("Which generator has the lower MiFID?", (
+        Text("Per experiment over its runs (seeds): mean ± sample standard deviation of each run's best MiFID/FID."),
+        table, Text(f"{verdict[0].upper() + verdict[1:]}.", strong=True),
+        Text("GPU-hours: job wall time of every attempt × GPUs, from the launcher's records (runs on CPU ranks: "
+             "× ranks, i.e. rank-hours)."),
+    ))
+    return section, verdict
+
+
+def winner_section(summaries: Sequence[Any], order: Sequence[str]) -> tuple[list[str], str]:
+    """Markdown lines of :func:`winner_report` and the one-line verdict."""
+    section, verdict = winner_report(summaries, order)
+    return section.markdown(), verdict
 
 
 def make_report(run_root: Path, experiments: list[str] | None, names: list[str] | None, name: str | None,
@@ -116,9 +125,8 @@ def make_report(run_root: Path, experiments: list[str] | None, names: list[str] 
     summaries = [summarize(Path(r["run_dir"]), r["run"], launcher_gpu_hours(r)) for r in rows]
     out_dir = out / name
     command = shlex.join(["python", "-m", "launcher", *sys.argv[1:]])
-    path = write_report(summaries, out_dir, title=f"CycleGAN experiments: {' vs '.join(order)}", command=command)
-    lines, verdict = winner_section(summaries, order)
-    with open(path, "a") as f:
-        f.write("\n".join(lines) + "\n")
+    section, verdict = winner_report(summaries, order)
+    path = write_report(summaries, out_dir, title=f"CycleGAN experiments: {' vs '.join(order)}", command=command,
+                        sections=[section])
     print(verdict)
     return path

@@ -177,6 +177,11 @@ def _absolute_data_root(root: str | None) -> list[str]:
     """A shard root must hold index.json; jobs get its absolute path (their cwd may differ)."""
     if root is None:
         return []  # the embedded demo data set
+    if "://" in root:  # s3:// or https://: each node fetches it into its cache; its index must be readable now
+        from cyclegan_dist.data.remote import read_remote_index
+
+        read_remote_index(root)
+        return [f"data.root={root}"]
     path = Path(os.path.expandvars(root)).expanduser()
     if not (path / "index.json").is_file():
         what = "does not exist" if not path.exists() else "has no index.json"

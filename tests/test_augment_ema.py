@@ -20,10 +20,9 @@ from cyclegan_dist.train.ema import GeneratorEMA
 from cyclegan_dist.train.modules import build_pairs
 from cyclegan_dist.train.step import StepParts, train_step
 
-from helpers import latest_checkpoint, result_json, run_cli
+from helpers import TINY, latest_checkpoint, result_json, run_cli
 from workers.common import global_batch, tiny_config
 
-TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled"]
 ALL = ("color", "translation", "cutout")
 
 
@@ -112,6 +111,36 @@ def test_ema_update_rule_and_round_trip():
     assert again.state_dict()["n_averaged"] == 3
     with pytest.raises(ValueError):
         GeneratorEMA(net, decay=1.0)
+
+
+def test_ema_warmup_follows_the_stylegan_rule_and_survives_a_reload():
+    """beta_n = min(decay, 0.5 ** (1 / (rampup * n))): the average's half-life is at most rampup x the steps so far,
+    so on a weight that grows linearly the warmed-up EMA lags by about a constant fraction of the run, the plain one
+    by ~1 / (1 - decay) steps; a reloaded average continues with the same beta."""
+    decay, rampup, steps = 0.99, 0.05, 300
+    net = torch.nn.Linear(1, 1, bias=False)
+    warm, plain = GeneratorEMA(net, decay, rampup), GeneratorEMA(net, decay)
+    expected, betas = None, []
+    for t in range(1, steps + 1):
+        with torch.no_grad():
+            net.weight.fill_(float(t))
+        if expected is not None:
+            betas.append(warm.beta)
+        warm.update(net)
+        plain.update(net)
+        if expected is None:
+            expected = float(t)
+        else:  # by hand, in float64: beta from the half-life rule
+            beta = min(decay, 0.5 ** (1 / (rampup * (t - 1))))
+            expected = beta * expected + (1 - beta) * t
+    assert betas[0] == pytest.approx(0.5 ** 20) and betas[-1] < decay and betas == sorted(betas)
+    assert warm.generators.weight.item() == pytest.approx(expected, rel=1e-5)
+    lag_warm, lag_plain = steps - warm.generators.weight.item(), steps - plain.generators.weight.item()
+    assert 0 < lag_warm < 0.1 * steps < lag_plain  # warmed up: ~7% of the run behind; plain: ~100 steps behind
+    again = GeneratorEMA(net, decay, rampup)
+    again.load_state_dict(warm.state_dict())
+    assert again.updates == steps and again.beta == warm.beta
+    assert GeneratorEMA(net, 0.5, rampup=1000.0).beta == 0.5  # the warm-up never exceeds the configured decay
 
 
 def test_resume_is_exact_with_ema_and_diffaugment_and_export_uses_the_ema(tmp_path):

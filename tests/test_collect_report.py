@@ -9,41 +9,22 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from slurm_helpers import NEEDS_SLURM
+from slurm_helpers import NEEDS_SLURM, sh
 
-from helpers import tiny_shard_root
+from helpers import TINY, launcher, read_metrics, tiny_shard_root, wait_for
 
 pytestmark = [pytest.mark.xdist_group("collect")]  # one xdist worker runs the group (shared fixtures)
 
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["train.steps=4", "train.log_every=2", "model.ngf=8", "model.ndf=8", "eval.num_photos=8", "data.num_workers=0",
-        "train.sample_every=0", "wandb.mode=disabled", "data.domain_b=monet"]
+RUN = [*TINY, "train.steps=4", "train.log_every=2", "eval.num_photos=8", "data.domain_b=monet"]
 RUNS = {"r9": "resnet9-small", "un": "unet-small"}  # run name -> experiment
-
-
-def job_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
-                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
-    for key in ("CYCLEGAN_CLUSTER", "CYCLEGAN_RUN_ROOT"):
-        env.pop(key, None)
-    return env
-
-
-def launcher(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
-                          env=job_env(), cwd=cwd, timeout=timeout)
+CPU = {"CUDA_VISIBLE_DEVICES": ""}  # the local runs train on this machine's CPU ranks
 
 
 @pytest.fixture(scope="module")
@@ -54,32 +35,32 @@ def work(tmp_path_factory) -> Path:
     t0 = time.monotonic()
     for name, exp in RUNS.items():
         out = launcher("submit", "--exp", exp, "--cluster", "local", "--gpus", "0", "--name", name, "--detach",
-                       "--set", *TINY, f"data.root={shards}", cwd=work, timeout=600)
+                       "--set", *RUN, f"data.root={shards}", cwd=work, env=CPU, timeout=600)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    deadline = time.monotonic() + 600
-    while True:  # until both jobs (their local controllers too) have ended
-        status = json.loads(launcher("status", "--json", cwd=work).stdout or "[]")
-        if len(status) == len(RUNS) and all(r["state"] == "COMPLETED" for r in status):
-            break
-        assert time.monotonic() < deadline and not any(r["state"] == "FAILED" for r in status), status
-        time.sleep(1)
+
+    def both_completed() -> bool:  # both jobs (their local controllers too) have ended
+        status = json.loads(launcher("status", "--json", cwd=work, env=CPU, timeout=300).stdout or "[]")
+        assert not any(r["state"] == "FAILED" for r in status), status
+        return len(status) == len(RUNS) and all(r["state"] == "COMPLETED" for r in status)
+
+    wait_for(both_completed, "both runs to complete", 600, interval=1)
     print(f"two runs: {time.monotonic() - t0:.0f} s")
     return work
 
 
 def best_mifid(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return min(r["eval/mifid"] for r in records if "eval/mifid" in r)
+    return min(r["eval/mifid"] for r in read_metrics(run_dir) if "eval/mifid" in r)
 
 
 def test_collect_here_writes_checked_zips(work):
     from cyclegan_dist.eval.submission import check_submission
 
-    out = launcher("collect", "--exp", ",".join(RUNS.values()), "--here", "--limit", "12", cwd=work)
+    out = launcher("collect", "--exp", ",".join(RUNS.values()), "--here", "--limit", "12", cwd=work, env=CPU,
+                   timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     print(out.stdout, out.stderr)
     sub = work / "submissions"
-    zips = sorted(p.name for p in sub.iterdir())
+    zips = sorted(p.name for p in sub.iterdir() if not p.name.endswith(".generator"))  # beside each zip: its card
     assert zips == sorted(f"{exp}-{name}.zip" for name, exp in RUNS.items())  # no temporary file left over
     for name, exp in RUNS.items():
         row = next(line for line in out.stdout.splitlines() if line.startswith(f"{name} "))
@@ -101,11 +82,14 @@ def test_collect_here_writes_checked_zips(work):
 
 
 def test_report_table_winner_grid_curves(work):
-    out = launcher("report", "--exp", ",".join(RUNS.values()), cwd=work)
+    out = launcher("report", "--exp", ",".join(RUNS.values()), cwd=work, env=CPU, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     folder = work / "reports" / "resnet9-small_vs_unet-small"
     text = (folder / "report.md").read_text()
     print(text)
+    assert f"wrote {folder / 'report.md'}, {folder / 'report.html'}" in out.stdout
+    page = (folder / "report.html").read_text()  # the launcher's winner section reaches the page too
+    assert "Which generator has the lower MiFID?" in page and all(name in page for name in RUNS)
     number = r"[\d,]+\.\d"
     for name, exp, generator in (("r9", "resnet9-small", "resnet_9blocks"), ("un", "unet-small", "unet_32")):
         cells = next([c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
@@ -157,10 +141,10 @@ def test_bad_inputs_one_error_line(work, tmp_path):
              (("collect", "--photos", str(tmp_path / "missing"), "--out", str(tmp_path / "s")),
               "error: image source not found")]
     for args, message in cases:
-        out = launcher(*args, cwd=work, timeout=60)
+        out = launcher(*args, cwd=work, env=CPU, timeout=60)
         assert (out.returncode == 2 and out.stderr.startswith(message)
                 and out.stderr.count("\n") == 1), (args, out.stderr)
-    empty = launcher("report", cwd=tmp_path, timeout=60)
+    empty = launcher("report", cwd=tmp_path, env=CPU, timeout=60)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished run under "), empty.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists() and not (tmp_path / "reports").exists()
 
@@ -168,18 +152,18 @@ def test_bad_inputs_one_error_line(work, tmp_path):
 @NEEDS_SLURM
 def test_collect_on_cluster_as_a_one_gpu_job(work, slurm_cluster):
     out = launcher("collect", "--run", "r9", "--on-cluster", "--cluster", "testcluster", "--limit", "4",
-                   "--out", "on-cluster", cwd=work)
+                   "--out", "on-cluster", cwd=work, env=CPU, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     job = re.search(r"submitted export of resnet9-small/r9: job (\d+) on testcluster", out.stdout)
     assert job, out.stdout
     assert f"job {job.group(1)}" in out.stdout.splitlines()[-1]
-    deadline = time.monotonic() + 60
-    while True:  # the accounting record may lag behind the job's end
-        tres = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job.group(1), "-o", "State,AllocTRES"], check=False,
-                              capture_output=True, text=True, timeout=60).stdout
-        if "COMPLETED" in tres or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+
+    def accounting() -> str:
+        return sh("sacct", "-n", "-X", "-P", "-j", job.group(1), "-o", "State,AllocTRES", check=False)
+
+    wait_for(lambda: "COMPLETED" in accounting(), f"sacct to record job {job.group(1)} COMPLETED", 60,
+             interval=1)  # the accounting record may lag behind the job's end
+    tres = accounting()
     assert "COMPLETED" in tres and "gres/gpu=1" in tres, tres
     with zipfile.ZipFile(work / "on-cluster" / "resnet9-small-r9.zip") as z:
         assert len(z.namelist()) == 4

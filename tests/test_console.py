@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from slurm_helpers import NEEDS_SLURM, TINY, job_ended, job_env, last_step, launcher, wait_for
+from slurm_helpers import NEEDS_SLURM, job_ended, last_step
 
-from helpers import ROOT, read_metrics, run_cli
+from launcher.runs import read_manifest
+
+from helpers import ROOT, TINY, job_env, launcher, loss_records, read_metrics, run_cli, wait_for
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d step (\d+)/(\d+) \([\d.]+%\) \| ([\d.]+) img/s \| G (\S+) D (\S+) "
                   r"cyc_A (\S+) cyc_B (\S+) \| lr (\S+) \| ETA (\S+)$")
@@ -26,7 +28,7 @@ def test_progress_lines_and_summary(tmp_path):
     out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "wandb.mode=offline",
                   "train.steps=6", "train.log_every=2", "train.sample_every=6", "train.checkpoint_every=3")
     lines = [m for m in map(LINE.match, out.stderr.splitlines()) if m]
-    records = {r["step"]: r for r in read_metrics(run_dir) if "loss/G" in r}
+    records = {r["step"]: r for r in loss_records(run_dir)}
     assert [int(m.group(1)) for m in lines] == [2, 4, 6] == sorted(records)
     for m in lines:
         record = records[int(m.group(1))]
@@ -113,4 +115,4 @@ def test_status_eta_and_logs_follow_on_slurm(tmp_path, slurm_cluster):
     assert steps and max(steps) == 60 and any(s > started_at for s in steps), steps
     assert re.search(r"^\[rank 1\] .*(Job completed successfully|Exiting after successful completion)", stdout, re.M)
     assert "==> following rank 0:" in stdout and "==> following rank 1:" in stdout
-    assert job_ended(json.loads((run_dir / "manifest.json").read_text())["job"]["id"])
+    assert job_ended(read_manifest(run_dir)["job"]["id"])

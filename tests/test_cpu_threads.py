@@ -3,7 +3,6 @@ machine, divided among the local ranks; OMP_NUM_THREADS always wins. The figures
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 from cyclegan_dist.train import cpu_threads
 
-from helpers import ROOT, _env
+from helpers import ROOT, TINY, _env, events
 
 
 @pytest.mark.parametrize("text, cpus", [("max 100000", None), ("50000 100000", 0.5), ("400000 100000", 4.0),
@@ -44,12 +43,10 @@ def _train(run_dir, steps: int, env: dict) -> dict:
     """A tiny training without OMP_NUM_THREADS unless ``env`` sets it; its last train_start event."""
     base = {k: v for k, v in _env(None).items() if k != "OMP_NUM_THREADS"}
     cmd = [sys.executable, "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir", str(run_dir), "--set",
-           "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-           f"train.steps={steps}"]
+           *TINY, f"train.steps={steps}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=base | env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
-            if e["event"] == "train_start"][-1]
+    return events(run_dir, "train_start")[-1]
 
 
 def test_the_run_chooses_its_threads_records_them_and_resume_keeps_them(tmp_path):

@@ -26,6 +26,8 @@ from cyclegan_dist.rundir import RunDir
 from helpers import (
     REQUIRE_EXTRAS_ENV,
     ROOT,
+    TINY,
+    events,
     jpeg_folder,
     latest_checkpoint,
     list_complete,
@@ -33,14 +35,14 @@ from helpers import (
     run_cli,
     run_torchrun,
     skip_or_fail,
+    warnings_of,
 )
 
-TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-        "train.checkpoint_every=2", "train.log_every=2"]
+RUN = [*TINY, "train.checkpoint_every=2", "train.log_every=2"]
 
 
 def train(run_dir: Path, steps: int, *flags: str, check: bool = True, **kw):
-    return run_cli("train", "--json", "--quiet", "--config", "smoke", "--run-dir", run_dir, *flags, "--set", *TINY,
+    return run_cli("train", "--json", "--quiet", "--config", "smoke", "--run-dir", run_dir, *flags, "--set", *RUN,
                    f"train.steps={steps}", check=check, **kw)
 
 
@@ -58,10 +60,6 @@ def flip(path: Path, at: float = 0.5) -> None:
     data = bytearray(path.read_bytes())
     data[int(len(data) * at)] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def warnings_of(run_dir: Path, service: str) -> list[dict]:
-    return [e for e in RunDir(run_dir).events() if e["event"] == "warning" and e.get("service") == service]
 
 
 def assert_intact(checkpoint: Path) -> None:
@@ -148,7 +146,7 @@ def test_resume_auto_passes_over_a_damaged_checkpoint(run_dir, damage, reason):
     assert re.search(reason, warning["files"][damaged]), warning
     assert f"resuming from {older} instead" in warning["message"]
     assert f"{damaged}: " in out.stderr and "passed over" in out.stderr  # the log says it too
-    (start,) = [e for e in RunDir(run_dir).events() if e["event"] == "train_start" and e["step"] == 2]
+    (start,) = [e for e in events(run_dir, "train_start") if e["step"] == 2]
     assert start["resumed_from"] == str(older)
     for checkpoint in list_complete(run_dir)[-2:]:  # step-4 written again, then step-6
         assert_intact(checkpoint)
@@ -184,7 +182,7 @@ def test_a_rank_file_damaged_alone_moves_every_rank_to_the_same_checkpoint(tmp_p
     older checkpoint (if rank 0 went on from the newest, the two ranks would run different numbers of steps and
     the run could not complete)."""
     run_dir = tmp_path / "run"
-    args = ["train", "--json", "--quiet", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY]
+    args = ["train", "--json", "--quiet", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN]
     run_torchrun(2, *args, "train.steps=4", timeout=300)
     older, newest = list_complete(run_dir)
     flip(newest / "rank-00001.pt")

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from cyclegan_dist.checkpoint import load_rank
 
-from helpers import ROOT, latest_checkpoint, read_metrics, require_extra, result_json, run_torchrun
+from helpers import (
+    ROOT,
+    TINY,
+    latest_checkpoint,
+    loss_records,
+    read_metrics,
+    require_extra,
+    result_json,
+    run_torchrun,
+    warnings_of,
+)
 
 require_extra("deepspeed")
 
-ZERO2 = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-         "train.log_every=1", "train.deepspeed=deepspeed/zero2.json", "loss.pool_size=2"]
+ZERO2 = [*TINY, "train.log_every=1", "train.deepspeed=deepspeed/zero2.json", "loss.pool_size=2"]
 
 
 def test_zero2_two_ranks_equal_weights_and_exact_resume(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_torchrun(2, "train", "--config", "smoke", "--run-dir", straight, "--set", *ZERO2, "train.steps=4")
-    records = [r for r in read_metrics(straight) if "loss/G" in r]
+    records = loss_records(straight)
     assert [r["world_size"] for r in records] == [2, 2, 2, 2]
     ckpt = latest_checkpoint(straight)
     ranks = [load_rank(ckpt, r) for r in (0, 1)]
@@ -61,8 +69,7 @@ def test_zero2_skips_and_counts_a_nonfinite_step(tmp_path):
     assert result["status"] == "completed" and result["step"] == 5
     records = {r["step"]: r for r in read_metrics(run_dir) if "train/skipped_steps" in r}
     assert [records[s]["train/skipped_steps"] for s in range(1, 6)] == [0, 0, 1, 0, 0]
-    warnings = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
-                if e.get("service") == "nonfinite"]
+    warnings = warnings_of(run_dir, "nonfinite")
     assert len(warnings) == 1 and "loss/G_A" in warnings[0]["message"] and "up to step 3" in warnings[0]["message"]
     ckpt = latest_checkpoint(run_dir)
     ranks = [load_rank(ckpt, r) for r in (0, 1)]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cyclegan_dist.data import demo
-from cyclegan_dist.data.demo import DEMO_VERSION, _band, demo_eval_pairs, ensure_demo_shards, painterly
+from cyclegan_dist.data.demo import DEMO_VERSION, _band, demo_eval_pairs, ensure_demo_shards
 from cyclegan_dist.data.streams import UnpairedShardDataset, make_loader
+from cyclegan_dist.data.styles import colour
 from cyclegan_dist.data.transforms import psnr
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import decode as decode_rgb
@@ -71,10 +72,10 @@ def test_demo_default_counts_and_psnr_baseline(default_demo):
     assert -1 <= x.min() and x.max() <= 1
     base = psnr(x, t)
     assert 12.0 < base < 17.0, base
-    # stored targets are exactly painterly(stored inputs)
+    # stored targets are exactly T(stored inputs), the default style's colour transform
     xu = np.round((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8)
     tu = np.round((t.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8)
-    assert np.array_equal(np.stack([painterly(c) for c in xu[:8]]), tu[:8])
+    assert np.array_equal(np.stack([colour(c) for c in xu[:8]]), tu[:8])
     # learnable: a global affine colour map alone gets far above the identity baseline
     X = np.c_[x.permute(0, 2, 3, 1).reshape(-1, 3).numpy(), np.ones(x.numel() // 3)]
     Y = t.permute(0, 2, 3, 1).reshape(-1, 3).numpy()
@@ -92,7 +93,7 @@ def test_demo_domains_are_unpaired_and_disjoint(tmp_path):
     root = ensure_demo_shards(tmp_path / "d", **SMALL)
     photos = np.stack(list(_images(root, "photo").values())).astype(np.float64)
     paintings = np.stack(list(_images(root, "painting").values())).astype(np.float64)
-    painted = np.stack([painterly(p.astype(np.uint8)) for p in photos]).astype(np.float64)
+    painted = np.stack([colour(p.astype(np.uint8)) for p in photos]).astype(np.float64)
     rms = np.sqrt(((painted[:, None] - paintings[None]) ** 2).mean(axis=(2, 3, 4)))  # photo x painting
     near = (rms.min(axis=0) < 4).mean()  # paintings that are T(some training photo) up to JPEG noise
     assert near < 0.1, near
@@ -108,6 +109,6 @@ def test_demo_loader_and_errors(default_demo, tmp_path):
     with pytest.raises(UserError, match="not a demo shard root"):
         ensure_demo_shards(tmp_path / "busy", **SMALL)
     with pytest.raises(ValueError, match="uint8"):
-        painterly(np.zeros((4, 4, 3), np.float32))
+        colour(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(UserError, match="eval-pairs.npy"):
         demo_eval_pairs(tmp_path / "busy")

@@ -5,17 +5,17 @@ minutes of a torch download."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, _env
+from launcher.runs import read_manifest
 
-TINY = ["train.steps=4", "train.log_every=2", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
-        "train.sample_every=0", "wandb.mode=disabled"]
+from helpers import ROOT, TINY, _env, events, result_json
+
+RUN = [*TINY, "train.steps=4", "train.log_every=2"]
 
 
 def run(cmd: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -43,21 +43,20 @@ def test_wheel_trains_and_submits_from_an_empty_directory(venv, tmp_path):
                 cwd=tmp_path).stdout.split()
     assert all("/venv/lib/" in w for w in where), f"not the wheel's packages: {where}"
 
-    out = run([venv, "-m", "cyclegan_dist", "train", "--config", "smoke", "--json", "--set", *TINY], cwd=tmp_path)
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    out = run([venv, "-m", "cyclegan_dist", "train", "--config", "smoke", "--json", "--set", *RUN], cwd=tmp_path)
+    result = result_json(out.stdout)
     assert result["status"] == "completed" and result["step"] == 4
     assert (tmp_path / "runs" / "smoke" / "local" / "checkpoints" / "step-00000004" / "complete").is_file()
     listing = run([venv, "-m", "cyclegan_dist", "configs"], cwd=tmp_path).stdout
     assert "resnet9" in listing and "/venv/lib/" in listing
 
     out = run([venv, "-m", "launcher", "submit", "--exp", "smoke", "--cluster", "local", "--gpus", "0", "--name", "w",
-               "--set", *TINY], cwd=tmp_path)
+               "--set", *RUN], cwd=tmp_path)
     run_dir = tmp_path / "runs" / "smoke" / "w"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     snapshot = Path(manifest["code"]["snapshot"])
     assert ("/venv/lib/" in manifest["code"]["source"]
             and (snapshot / "cyclegan_dist" / "configs" / "smoke.yaml").is_file())
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    starts = [e for e in events if e["event"] == "start"]
+    starts = events(run_dir, "start")
     assert starts and starts[0]["code"]["path"] == str(snapshot), starts
-    assert events[-1]["event"] == "completed", out.stdout[-2000:]
+    assert events(run_dir)[-1]["event"] == "completed", out.stdout[-2000:]

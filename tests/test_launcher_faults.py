@@ -11,31 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_helpers import NEEDS_SLURM, ROOT, TINY, job_ended, job_env, job_events, last_step, launcher, sh, wait_for
+from slurm_helpers import NEEDS_SLURM, job_ended, job_events, last_step, sh, task_pids
 
 from cyclegan_dist.rundir import RunDir
+from launcher.runs import read_manifest
+
+from helpers import ROOT, TINY, job_env, launcher, wait_for
 
 pytestmark = [NEEDS_SLURM, pytest.mark.xdist_group("slurm")]  # one xdist worker runs every SLURM test
-
-
-def manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())
-
-
-def task_pids(job: str) -> dict[int, int]:
-    """rank -> pid of the job's training processes (on whichever node runs them)."""
-    node = sh("squeue", "-h", "-j", job, "-o", "%N").strip().split(",")[0]
-    out = {}
-    for line in sh("scontrol", "listpids", job, node).splitlines()[1:]:
-        pid = int(line.split()[0]) if line.split() and line.split()[0].isdigit() else None
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
-        except (OSError, TypeError):
-            continue
-        if b"submitit.core._submit" in b" ".join(cmd) and not cmd[0].endswith(b"srun"):
-            out[int(env[b"SLURM_PROCID"])] = pid
-    return out
 
 
 def test_a_requeued_job_runs_the_snapshot_not_the_edited_checkout(tmp_path, slurm_cluster):
@@ -51,7 +34,7 @@ def test_a_requeued_job_runs_the_snapshot_not_the_edited_checkout(tmp_path, slur
                    env=job_env(checkout))
     assert out.returncode == 0, out.stdout + out.stderr
     run_dir = work / "runs" / "smoke" / "snap"
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     snapshot = Path(m["code"]["snapshot"])
     assert m["code"]["source"] == str(checkout) and (snapshot / "cyclegan_dist" / "train" / "loop.py").is_file()
     wait_for(lambda: last_step(run_dir) >= 4, "training to start", 600)
@@ -73,7 +56,7 @@ def test_a_killed_rank_ends_the_job_promptly_and_resume_continues(tmp_path, slur
                    "train.dist_timeout_min=30", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     run_dir = tmp_path / "runs" / "smoke" / "kill"
-    job = manifest(run_dir)["job"]["id"]
+    job = read_manifest(run_dir)["job"]["id"]
     wait_for(lambda: RunDir(run_dir).latest() is not None and last_step(run_dir) >= 6, "a checkpoint", 600)
     pids = wait_for(lambda: (p := task_pids(job)) and len(p) == 2 and p, "the two ranks' processes", 120)
     t_kill = time.monotonic()
@@ -93,7 +76,7 @@ def test_a_killed_rank_ends_the_job_promptly_and_resume_continues(tmp_path, slur
     again = launcher("resume", "kill", "--set", "train.steps=40", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     wait_for(lambda: any(e["event"] == "completed" for e in job_events(run_dir)), "the resumed job to finish", 600)
-    log = Path(manifest(run_dir)["job"]["log"]).read_text()
+    log = Path(read_manifest(run_dir)["job"]["log"]).read_text()
     resumed = re.findall(r"resumed from (\S+) at step (\d+)", log)
     assert resumed and resumed[0][0] == str(last_good), (resumed, last_good)
     assert RunDir(run_dir).latest().name == "step-00000040"

@@ -5,23 +5,16 @@ fresh process. PATH holds python alone, so sbatch is out of sight even where SLU
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from launcher.runs import JOB_EVENTS
+from launcher.runs import JOB_EVENTS, read_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=0", "model.ngf=8",
-        "model.ndf=8", "data.num_workers=0", "wandb.mode=offline"]
+from helpers import ROOT, TINY_WANDB, events, job_env, launcher, loss_records, read_metrics, wait_for
 
-
-def launcher(*args: str, env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True,
-                          text=True, env=env,
-                          cwd=cwd, timeout=timeout)
+RUN = [*TINY_WANDB, "wandb.mode=offline", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3"]
 
 
 def test_local_executor_runs_smoke_end_to_end(tmp_path):
@@ -31,28 +24,24 @@ def test_local_executor_runs_smoke_end_to_end(tmp_path):
     git = shutil.which("git")
     if git:
         (bin_dir / "git").symlink_to(git)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env.update({"PATH": str(bin_dir), "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
-    env.pop("CYCLEGAN_CLUSTER", None)
+    env = {"PATH": str(bin_dir), "CUDA_VISIBLE_DEVICES": ""}  # python (and git) alone: no sbatch in sight
     out = launcher("submit", "--exp", "smoke", "--gpus", "0", "--cpu-ranks", "2", "--name", "here",
-                   "--set", *TINY, env=env, cwd=tmp_path)
+                   "--set", *RUN, env=env, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "cluster local (local), 1 node x 2 CPU ranks (world size 2)" in out.stdout
     assert "Job completed successfully" in out.stdout  # the job's log, followed to its end
     run_dir = tmp_path / "runs" / "smoke" / "here"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     assert manifest["cluster"]["executor"] == "local" and manifest["resources"]["world_size"] == 2
     assert manifest["config"]["train"]["steps"] == 6 and manifest["job"]["id"].isdigit()
     if git and (ROOT / ".git").exists():
         assert manifest["git"]["commit"] and isinstance(manifest["git"]["dirty"], bool)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss/G" in r] == [2, 4, 6]
-    assert {r["world_size"] for r in records if "world_size" in r} == {2}
+    assert [r["step"] for r in loss_records(run_dir)] == [2, 4, 6]
+    assert {r["world_size"] for r in read_metrics(run_dir) if "world_size" in r} == {2}
     assert (run_dir / "checkpoints" / "step-00000006" / "complete").is_file()
-    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e for e in events if e in JOB_EVENTS] == ["start", "completed"]
-    assert events.index("train_start") < events.index("train_end") < events.index("completed")
+    kinds = [e["event"] for e in events(run_dir)]
+    assert [e for e in kinds if e in JOB_EVENTS] == ["start", "completed"]
+    assert kinds.index("train_start") < kinds.index("train_end") < kinds.index("completed")
 
     status = launcher("status", "--json", env=env, cwd=tmp_path, timeout=60)
     assert status.returncode == 0, status.stderr
@@ -64,12 +53,11 @@ def test_local_executor_runs_smoke_end_to_end(tmp_path):
     # a finished run has nothing to resume; asked to train longer, a new job continues its checkpoints
     again = launcher("resume", "here", env=env, cwd=tmp_path, timeout=60)
     assert again.returncode == 2 and "nothing to resume" in again.stderr, again.stderr
-    more = launcher("resume", "here", "--set", "train.steps=8", env=env, cwd=tmp_path)
+    more = launcher("resume", "here", "--set", "train.steps=8", env=env, cwd=tmp_path, timeout=600)
     assert more.returncode == 0, more.stdout[-4000:] + more.stderr[-4000:]
     assert f"resumed from {run_dir}/checkpoints/step-00000006 at step 6" in more.stdout
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss/G" in r] == [2, 4, 6, 8]
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [r["step"] for r in loss_records(run_dir)] == [2, 4, 6, 8]
+    manifest = read_manifest(run_dir)
     assert len(manifest["job_ids"]) == 2 and manifest["config"]["train"]["steps"] == 8
 
 
@@ -77,22 +65,15 @@ def test_cancelling_a_local_run_is_a_normal_end(tmp_path):
     """`launcher cancel RUN` on a local run followed in the foreground: the run checkpoints, the foreground submit
     ends with one line naming the checkpoint and how to continue, exit code 3 (cancelled), no traceback; status
     says CANCELLED with the step and checkpoint."""
-    import time
-
     from launcher.localrun import EXIT_CANCELLED
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "CYCLEGAN_CLUSTER": "",
-                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
+    env = {"CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "launcher", "submit", "--exp", "smoke", "--cluster", "local", "--gpus", "0",
-           "--cpu-ranks", "1", "--name", "here", "--set", *TINY, "train.steps=5000"]
-    foreground = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
-    metrics = tmp_path / "runs" / "smoke" / "here" / "metrics.jsonl"
-    deadline = time.monotonic() + 600  # a hang guard for a loaded machine
-    while not (metrics.is_file() and "loss/G" in metrics.read_text()):
-        assert foreground.poll() is None and time.monotonic() < deadline, foreground.communicate()
-        time.sleep(0.5)
+           "--cpu-ranks", "1", "--name", "here", "--set", *RUN, "train.steps=5000"]
+    foreground = subprocess.Popen(cmd, cwd=tmp_path, env={**job_env(), **env}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "smoke" / "here"
+    wait_for(lambda: loss_records(run_dir), "the first logged step", 600, 0.5, process=foreground)
     cancel = launcher("cancel", "here", env=env, cwd=tmp_path, timeout=120)
     assert cancel.returncode == 0 and "cancelled smoke/here" in cancel.stdout, cancel.stdout + cancel.stderr
     stdout, stderr = foreground.communicate(timeout=600)

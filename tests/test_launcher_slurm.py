@@ -22,82 +22,32 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import slurm_nodes
-from slurm_helpers import NEEDS_SLURM
+from cluster_nodes import slurm_nodes
+from slurm_helpers import (
+    JOB_TIMEOUT,
+    NEEDS_SLURM,
+    job_ended,
+    job_events,
+    last_step,
+    sacct_state,
+    sh,
+    squeue_ids,
+    squeue_state,
+    task_pids,
+    wait_done,
+)
 
 from cyclegan_dist.config import load_config
-from cyclegan_dist.rundir import read_jsonl
 from launcher import clusters
-from launcher.runs import JOB_EVENTS
+from launcher.runs import read_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, TINY_WANDB, assert_same_generator_files, job_env, launcher, loss_records, wait_for
+
 pytestmark = [NEEDS_SLURM, pytest.mark.xdist_group("slurm")]  # one xdist worker runs every SLURM test
-TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
-        "wandb.mode=offline"]
-LONG = ["train.steps=80", "train.checkpoint_every=10", *TINY]  # 0.1-0.3 s a step: room to signal mid-run
-SHORT = ["train.steps=6", "train.checkpoint_every=3", *TINY]
-JOB_TIMEOUT = 300
+LOGGED = [*TINY_WANDB, "wandb.mode=offline", "train.log_every=2"]
+LONG = ["train.steps=80", "train.checkpoint_every=10", *LOGGED]  # 0.1-0.3 s a step: room to signal mid-run
+SHORT = ["train.steps=6", "train.checkpoint_every=3", *LOGGED]
 SMOKE_GENERATOR = load_config("smoke").model.generator
-
-
-def job_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_")) or k == "SLURM_CONF"}
-    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
-    env.pop("CYCLEGAN_CLUSTER", None)
-    return env
-
-
-def launcher(*args: str, cwd: Path, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
-                          env={**job_env(), **(env or {})}, cwd=cwd, timeout=timeout)
-
-
-def sh(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(list(args), check=False, capture_output=True, text=True, timeout=60)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc.stdout
-
-
-def wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-
-
-def last_step(run_dir: Path) -> int:
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
-    return records[-1]["step"] if records else 0
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] in JOB_EVENTS]
-
-
-def squeue_ids() -> set[str]:
-    return set(sh("squeue", "-h", "-r", "-o", "%i").split())
-
-
-def job_ended(job_id: str) -> bool:
-    return job_id not in squeue_ids()
-
-
-def sacct_state(job_id: str) -> str:
-    lines = sh("sacct", "-n", "-X", "-P", "-j", job_id.split("_")[0], "-o", "JobID,State", check=False).split()
-    return next((line.split("|")[1] for line in lines if line.split("|")[0] == job_id), "")
-
-
-def log_of(manifest: dict) -> str:
-    path = Path(manifest["job"]["log"] or "")
-    return path.read_text(errors="replace")[-6000:] if path.is_file() else "(no log)"
 
 
 @pytest.fixture(scope="module")
@@ -131,23 +81,9 @@ def jobs(slurm_cluster, tmp_path_factory):
     submitted["arr"] = [root / "smoke" / "arr-smoke-s0", root / "smoke_resnet" / "arr-smoke_resnet-s0"]
     submitted["sb"] = sb_dir
     yield submitted
-    leftover = [json.loads((d / "manifest.json").read_text())["job"]["id"]
+    leftover = [read_manifest(d)["job"]["id"]
                 for d in [submitted["ref"], submitted["rq"], *submitted["arr"]] if (d / "manifest.json").is_file()]
     subprocess.run(["scancel", *leftover, submitted["sb_job"]], check=False, capture_output=True, timeout=60)
-
-
-def manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())
-
-
-def wait_done(run_dir: Path, timeout: float = JOB_TIMEOUT) -> dict:
-    m = manifest(run_dir)
-    try:
-        wait_for(lambda: any(e["event"] == "completed" for e in events(run_dir)) and job_ended(m["job"]["id"]),
-                 f"job {m['job']['id']} ({run_dir.name}) to complete", timeout)
-    except AssertionError as err:
-        raise AssertionError(f"{err}\nevents: {events(run_dir)}\nlog:\n{log_of(m)}") from None
-    return m
 
 
 def test_bad_inputs_queue_nothing(jobs, tmp_path):
@@ -182,37 +118,34 @@ def test_bad_inputs_queue_nothing(jobs, tmp_path):
 # First, while the 'rq' job is still early in its 80 steps (with two nodes it runs beside 'ref', not after it).
 def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
     run_dir, ref = jobs["rq"], jobs["ref"]
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     job = m["job"]["id"]
     # 1. preemption/time limit: USR2 to the tasks mid-run -> all ranks checkpoint -> rank 0 requeues
     wait_for(lambda: last_step(run_dir) >= 6, "the run to pass step 6", timeout=JOB_TIMEOUT)
     t_signal = time.time()
     sh("scancel", "--signal=USR2", job)
-    wait_for(lambda: any(e["event"] == "requeued" for e in events(run_dir)), "the job to requeue itself", 120)
-    stopped = next(e for e in events(run_dir) if e["event"] == "stopped")
+    wait_for(lambda: any(e["event"] == "requeued" for e in job_events(run_dir)), "the job to requeue itself", 120)
+    stopped = next(e for e in job_events(run_dir) if e["event"] == "stopped")
     assert stopped["signals"] == ["SIGUSR2"] and 6 <= stopped["step"] < 80
     assert (run_dir / "checkpoints" / f"step-{stopped['step']:08d}" / "complete").is_file()
-    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in events(run_dir)),
+    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in job_events(run_dir)),
              "the requeued job to start again")
-    t_restart = next(e["time"] for e in events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
+    t_restart = next(e["time"] for e in job_events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
     # 2. killed without warning (SIGKILL to every task), requeued by hand: resumes from the last periodic checkpoint
     # the resumed attempt itself (its records come after its start) past a periodic checkpoint of its own: the
     # USR2 stop may already lie beyond step 22 (the stop check runs every 10 steps), so attempt 1's records
     # cannot tell (seen on a loaded machine: the kill then hit attempt 2 before it had resumed)
     target = min(max(22, (stopped["step"] // 10 + 1) * 10 + 2), 78)
-    wait_for(lambda: any(r["time"] > t_restart and r["step"] >= target for r in read_jsonl(run_dir / "metrics.jsonl")
-                         if "loss/G" in r), f"the resumed run to pass step {target}")
-    node = sh("squeue", "-h", "-j", job, "-o", "%N").strip()  # listpids reads that node's slurmd spool
-    pids = [int(line.split()[0]) for line in sh("scontrol", "listpids", job, node).splitlines()[1:] if line.split()]
-    tasks = [p for p in pids if "submitit.core._submit" in _cmdline(p) and "srun" not in _cmdline(p).split("\0")[0]]
-    assert len(tasks) == 2, pids
-    for pid in tasks:
+    wait_for(lambda: any(r["time"] > t_restart and r["step"] >= target for r in loss_records(run_dir)),
+             f"the resumed run to pass step {target}")
+    tasks = task_pids(job)  # rank -> pid of the job's two training processes
+    assert sorted(tasks) == [0, 1], tasks
+    for pid in tasks.values():
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: job not in squeue_ids() or _squeue_state(job) not in ("RUNNING", "COMPLETING"),
-             "the killed job to end", 60)
+    wait_for(lambda: squeue_state(job) not in ("RUNNING", "COMPLETING"), "the killed job to end", 60)
     sh("scontrol", "requeue", job)
     wait_done(run_dir)
-    ev = events(run_dir)
+    ev = job_events(run_dir)
     assert [e["event"] for e in ev] == ["start", "stopped", "requeued", "start", "start", "completed"], ev
     assert [e["restart_count"] for e in ev if e["event"] == "start"] == [0, 1, 2]
     log = Path(m["job"]["log"]).read_text()
@@ -220,10 +153,7 @@ def test_usr2_requeue_and_sigkill_resume_end_bit_exact(jobs):
     assert resumed[0] == stopped["step"] and resumed[1] >= 20 and resumed[1] % 10 == 0, resumed  # a periodic one
     # same world size, same generators as the uninterrupted run: bit for bit
     wait_done(ref)
-    for name in ("G_A.safetensors", "G_B.safetensors"):
-        a = (ref / "checkpoints" / "step-00000080" / name).read_bytes()
-        b = (run_dir / "checkpoints" / "step-00000080" / name).read_bytes()
-        assert a == b, f"{name} differs from the uninterrupted run"
+    assert_same_generator_files(ref / "checkpoints" / "step-00000080", run_dir / "checkpoints" / "step-00000080")
     print(f"\nrequeue cycle: USR2 -> requeued {stopped['time'] - t_signal:.1f} s, "
           f"USR2 -> running again {t_restart - t_signal:.1f} s")
 
@@ -234,26 +164,15 @@ def test_two_task_smoke_job_on_two_fake_gpus(jobs):
     assert m["resources"] == {"gpus": 2, "nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2, "cpus_per_task": 1,
                               "world_size": 2}
     assert m["cluster"]["name"] == "testcluster" and m["job"]["id"].isdigit()
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
+    records = loss_records(run_dir)
     assert records[-1]["step"] == 80 and {r["world_size"] for r in records} == {2}
-    ev = events(run_dir)
+    ev = job_events(run_dir)
     assert [e["event"] for e in ev] == ["start", "completed"] and ev[0]["world_size"] == 2
     wait_for(lambda: sacct_state(m["job"]["id"]) == "COMPLETED", "sacct to say COMPLETED", 60)
     start, done = ev[0]["time"], ev[-1]["time"]
     submit_, begin, end = sh("sacct", "-n", "-X", "-P", "-j", m["job"]["id"], "-o", "Submit,Start,End").split("|")
     print(f"\nsmoke job (2 tasks, 80 steps): sacct submit {submit_} start {begin} end {end.strip()}; "
           f"launcher submit -> training process up {start - jobs['t0']['ref']:.1f} s, -> done {done - start:.1f} s")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _squeue_state(job: str) -> str:
-    return sh("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
 
 
 def test_job_array_of_two_experiments(jobs):
@@ -266,7 +185,7 @@ def test_job_array_of_two_experiments(jobs):
     generators = [m["config"]["model"]["generator"] for m in ms]
     assert generators[0] == SMOKE_GENERATOR and {g.split("_")[0] for g in generators} == {"resnet", "unet"}
     for d in dirs:
-        records = [r for r in read_jsonl(d / "metrics.jsonl") if "loss/G" in r]
+        records = loss_records(d)
         assert records[-1]["step"] == 6 and {r["world_size"] for r in records} == {1}
     for job_id in ids:
         wait_for(lambda job_id=job_id: sacct_state(job_id) == "COMPLETED", f"sacct to say {job_id} COMPLETED", 60)
@@ -277,10 +196,10 @@ def test_sbatch_template_runs_two_tasks(jobs):
     job = jobs["sb_job"]
     wait_for(lambda: job_ended(job) and (run_dir / "manifest.json").is_file(), f"template job {job} to end")
     out = (jobs["work"] / f"sb-{job}.out").read_text()
-    assert any(e["event"] == "completed" for e in events(run_dir)), out[-4000:]
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
+    assert any(e["event"] == "completed" for e in job_events(run_dir)), out[-4000:]
+    records = loss_records(run_dir)
     assert records[-1]["step"] == 6 and {r["world_size"] for r in records} == {2}
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     assert m["job"]["id"] == job and m["resources"]["world_size"] == 2 and m["resources"]["gpus"] == 2
 
 
@@ -299,7 +218,7 @@ def test_status_and_gather_from_a_fresh_process(jobs, tmp_path):
     requeues = header.index("REQUEUES")
     assert rows["rq"][3:5] == ["COMPLETED", "80/80"] and rows["rq"][requeues] == "2"
     assert rows["ref"][3:5] == ["COMPLETED", "80/80"] and rows["ref"][requeues] == "0"
-    rq_records = [r for r in read_jsonl(jobs["rq"] / "metrics.jsonl") if "loss/G" in r]
+    rq_records = loss_records(jobs["rq"])
     # a finished run: no ETA, and the rate of its last logging period (as the table prints floats)
     assert rows["rq"][header.index("ETA")] == "-"
     assert rows["rq"][header.index("IMG/S")] == f"{rq_records[-1]['img_per_s']:.4g}", (rows["rq"], rq_records[-1])

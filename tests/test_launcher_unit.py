@@ -18,19 +18,12 @@ from launcher import clusters, gather, runs
 from launcher.clusters import Profile, parse_time, plan_resources
 from launcher.distenv import select_device
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, launcher
 
 
 def py(code: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=full,
-                          cwd=cwd or ROOT, timeout=120)
-
-
-def launcher(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True,
-                          text=True, env=full,
                           cwd=cwd or ROOT, timeout=120)
 
 

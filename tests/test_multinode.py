@@ -27,101 +27,35 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import slurm_nodes
-from slurm_helpers import require_slurm, skip_or_fail_slurm
+from cluster_nodes import established, kill_node, node_state, our_namespace, revive_nodes, slurm_nodes
+from slurm_helpers import (
+    job_ended,
+    job_events,
+    job_nodes,
+    last_step,
+    logs_of,
+    require_slurm,
+    sh,
+    skip_or_fail_slurm,
+    squeue_state,
+    task_log,
+    task_pids,
+    wait_done,
+)
 
-from cyclegan_dist.rundir import read_jsonl
 from launcher.distenv import master_port
-from launcher.runs import JOB_EVENTS
+from launcher.runs import read_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["train.log_every=2", "train.sample_every=0", "model.ngf=8", "model.ndf=8", "data.num_workers=0",
-        "wandb.mode=disabled"]
+from helpers import TINY, assert_same_generator_files, launcher, loss_records, wait_for
+
 STEPS = 30
-LONG = [f"train.steps={STEPS}", "train.checkpoint_every=10", *TINY]  # ~0.5 s a step; the stop check runs every 10 steps
-SHORT = ["train.steps=6", "train.checkpoint_every=3", *TINY]
-JOB_TIMEOUT = 400
+# ~0.5 s a step; the stop check runs every 10 steps
+LONG = [f"train.steps={STEPS}", "train.checkpoint_every=10", "train.log_every=2", *TINY]
+SHORT = ["train.steps=6", "train.checkpoint_every=3", "train.log_every=2", *TINY]
+JOB_TIMEOUT = 400  # s: a 4-rank job takes both nodes, so the jobs run in turn
 FINAL = f"step-{STEPS:08d}"
 # one xdist worker runs the module: one set of jobs (the module fixture), in parallel with the "slurm" group
 pytestmark = [pytest.mark.xdist_group("multinode")]
-
-
-def job_env() -> dict[str, str]:
-    """The environment of the launcher: nothing of a surrounding job, but SLURM_CONF (which cluster) stays."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_")) or k == "SLURM_CONF"}
-    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                "CYCLEGAN_DIST_CACHE": env.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
-    env.pop("CYCLEGAN_CLUSTER", None)
-    return env
-
-
-def launcher(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
-                          env=job_env(), cwd=cwd, timeout=timeout)
-
-
-def sh(*args: str, check: bool = True, timeout: int = 60) -> str:
-    proc = subprocess.run(list(args), check=False, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
-def wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def events(run_dir: Path) -> list[dict]:
-    """The launcher's job events (start, stopped, requeued, completed, failed), without training's own."""
-    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] in JOB_EVENTS]
-
-
-def losses(run_dir: Path) -> list[dict]:
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss/G" in r]
-
-
-def last_step(run_dir: Path) -> int:
-    records = losses(run_dir)
-    return records[-1]["step"] if records else 0
-
-
-def manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())
-
-
-def squeue_state(job: str) -> str:
-    return sh("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
-
-
-def job_ended(job: str) -> bool:
-    return job not in set(sh("squeue", "-h", "-r", "-o", "%i").split())
-
-
-def task_log(m: dict, rank: int) -> str:
-    path = Path(m["job"]["folder"]) / f"{m['job']['id']}_{rank}_log.out"
-    return path.read_text(errors="replace") if path.is_file() else ""
-
-
-def logs_of(m: dict, world: int) -> str:
-    return "\n".join(f"---- rank {r} ----\n{task_log(m, r)[-3000:]}" for r in range(world))
-
-
-def wait_done(run_dir: Path, timeout: float = JOB_TIMEOUT) -> dict:
-    m = manifest(run_dir)
-    try:
-        wait_for(lambda: any(e["event"] == "completed" for e in events(run_dir)) and job_ended(m["job"]["id"]),
-                 f"job {m['job']['id']} ({run_dir.name}) to complete", timeout)
-    except AssertionError as err:
-        raise AssertionError(f"{err}\nevents: {events(run_dir)}\nlogs:\n"
-                             f"{logs_of(m, m['resources']['world_size'])}") from None
-    return m
 
 
 def digests(checkpoint: Path, world: int) -> list[dict]:
@@ -131,19 +65,12 @@ def digests(checkpoint: Path, world: int) -> list[dict]:
             for r in range(world)]
 
 
-def same_generators(a: Path, b: Path) -> None:
-    for name in ("G_A.safetensors", "G_B.safetensors"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name}: {b} differs from {a}"
-
-
 def check_against_ref(ref: Path, run_dir: Path, resumed: int) -> None:
     """The part before the interruption equals ref bit for bit, and so does the end: on 4 ranks exact resume needs
     DDP's gradient buckets kept fixed (``cyclegan_dist/train/runtime.py: _ddp_handlers``)."""
-    same_generators(ref / "checkpoints" / f"step-{resumed:08d}", run_dir / "checkpoints" / f"step-{resumed:08d}")
-    assert digests(ref / "checkpoints" / f"step-{resumed:08d}", 4) == digests(
-        run_dir / "checkpoints" / f"step-{resumed:08d}", 4)
-    same_generators(ref / "checkpoints" / FINAL, run_dir / "checkpoints" / FINAL)
-    assert digests(ref / "checkpoints" / FINAL, 4) == digests(run_dir / "checkpoints" / FINAL, 4)
+    for step_dir in (f"step-{resumed:08d}", FINAL):
+        assert_same_generator_files(ref / "checkpoints" / step_dir, run_dir / "checkpoints" / step_dir)
+        assert digests(ref / "checkpoints" / step_dir, 4) == digests(run_dir / "checkpoints" / step_dir, 4)
 
 
 def distenv_lines(m: dict, world: int) -> dict[int, dict]:
@@ -158,88 +85,6 @@ def distenv_lines(m: dict, world: int) -> dict[int, dict]:
             out[int(rank)] = {"world": int(size), "local": int(local), "local_world": int(lsize), "host": host,
                               "addr": addr, "master": maddr, "port": int(mport), "gloo": gloo.strip()}
     return out
-
-
-# ------------------------------------------------------------------------------------ processes and sockets
-
-
-def task_pids(job: str, node: str) -> dict[int, int]:
-    """global rank -> pid of job step 0's tasks on ``node`` (scontrol listpids asks that node's slurmd spool)."""
-    out = {}
-    for line in sh("scontrol", "listpids", job, node, check=False).splitlines()[1:]:
-        cols = line.split()
-        if len(cols) == 5 and cols[2] == "0" and cols[4].isdigit():
-            out[int(cols[4])] = int(cols[0])
-    return out
-
-
-def _hex_addr(text: str) -> tuple[str, int]:
-    ip, port = text.split(":")
-    return socket.inet_ntoa(bytes.fromhex(ip)[::-1]), int(port, 16)
-
-
-def established(pid: int) -> list[tuple[str, str]]:
-    """(local address, remote address) of the TCP connections this process holds (IPv4, /proc)."""
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir() if fd_dir.is_dir() else []:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    conns = []
-    try:
-        rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]  # the table of the process's namespace
-    except OSError:
-        return []
-    for row in rows:
-        cols = row.split()
-        if len(cols) > 9 and cols[3] == "01" and cols[9] in inodes:
-            conns.append((_hex_addr(cols[1])[0], _hex_addr(cols[2])[0]))
-    return conns
-
-
-# ------------------------------------------------------------------------------------ the node set
-
-
-def our_namespace(node: str) -> bool:
-    """The node is a slurmd in a network namespace of slurm/testcluster (so this test may kill and revive it)."""
-    return Path("/run/netns", node).exists()
-
-
-def host_veth(node: str) -> str | None:
-    """The root-namespace end of the node's veth pair (``ip -o link`` shows ``link-netns NODE`` for it)."""
-    for line in sh("ip", "-o", "link", "show", check=False).splitlines():
-        m = re.match(r"\d+: ([^:@]+)(?:@\S+)?: .* link-netns (\S+)", line)
-        if m and m.group(2) == node:
-            return m.group(1)
-    return None
-
-
-def kill_node(node: str) -> list[int]:
-    """A node dies: its link goes down first (nothing it sends gets out, as with a power loss: no FIN/RST to the
-    other node's ranks), then every process on it (slurmd, slurmstepd, the tasks) gets SIGKILL."""
-    veth = host_veth(node)
-    assert veth, f"no veth of namespace {node}"
-    sh("ip", "link", "set", veth, "down")
-    pids = [int(p) for p in sh("ip", "netns", "pids", node).split()]
-    for pid in pids:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-    return pids
-
-
-def revive_nodes(count: int) -> float:
-    """start.sh --nodes COUNT (same environment): links up, the dead slurmd restarted. Returns its duration."""
-    t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(ROOT / "slurm" / "testcluster" / "start.sh"), "--nodes", str(count)],
-                          check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"start.sh --nodes {count} failed:\n{proc.stdout}\n{proc.stderr}"
-    return time.monotonic() - t0
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -396,14 +241,14 @@ def test_tasks_on_two_nodes_have_their_own_names_and_addresses(nodes, tmp_path):
 
 def test_four_ranks_on_two_nodes(jobs, nodes):
     run_dir = jobs["ref"]
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     job = m["job"]["id"]
     assert m["resources"] == {"gpus": 4, "nodes": 2, "tasks_per_node": 2, "gpus_per_node": 2, "cpus_per_task": 1,
                               "world_size": 4}
     # while it trains: every rank holds gloo connections from its own node's address to the other node's
-    wait_for(lambda: losses(run_dir), "the first training step of the 4 ranks")
-    t_training = losses(run_dir)[0]["time"]
-    hosts = sh("scontrol", "show", "hostnames", sh("squeue", "-h", "-j", job, "-o", "%N").strip()).split()
+    wait_for(lambda: loss_records(run_dir), "the first training step of the 4 ranks", JOB_TIMEOUT)
+    t_training = loss_records(run_dir)[0]["time"]
+    hosts = job_nodes(job)
     assert hosts == nodes[:2], hosts
     addr = {n: socket.gethostbyname(n) for n in hosts}
     assert not any(a.startswith("127.") for a in addr.values()), addr
@@ -424,17 +269,17 @@ def test_four_ranks_on_two_nodes(jobs, nodes):
     for rank, (node, conns) in found.items():
         assert all(local in (addr[node], "127.0.0.1") for local, _ in conns), (rank, conns)  # never another address
 
-    wait_done(run_dir)
+    wait_done(run_dir, JOB_TIMEOUT)
     lines = distenv_lines(m, 4)
-    assert sorted(lines) == [0, 1, 2, 3], logs_of(m, 4)
+    assert sorted(lines) == [0, 1, 2, 3], logs_of(m)
     assert [lines[r]["host"] for r in range(4)] == [hosts[0], hosts[0], hosts[1], hosts[1]]
     assert [lines[r]["addr"] for r in range(4)] == [addr[hosts[0]]] * 2 + [addr[hosts[1]]] * 2
     assert [lines[r]["local"] for r in range(4)] == [0, 1, 0, 1]
     assert {(v["master"], v["port"], v["world"], v["gloo"]) for v in lines.values()} == {
         (hosts[0], master_port(job), 4, "hostname")}
-    records = losses(run_dir)
+    records = loss_records(run_dir)
     assert records[-1]["step"] == STEPS and {r["world_size"] for r in records} == {4}
-    ev = events(run_dir)
+    ev = job_events(run_dir)
     assert [e["event"] for e in ev] == ["start", "completed"] and ev[0]["host"] == hosts[0], ev
     assert ev[0]["master"] == f"{hosts[0]}:{master_port(job)}"
     d = digests(run_dir / "checkpoints" / FINAL, 4)
@@ -444,17 +289,17 @@ def test_four_ranks_on_two_nodes(jobs, nodes):
 
 
 def test_job_array_on_both_nodes(jobs, nodes):
-    ms = [wait_done(d) for d in jobs["arr"]]
+    ms = [wait_done(d, JOB_TIMEOUT) for d in jobs["arr"]]
     ids = [m["job"]["id"] for m in ms]
     array = ms[0]["job"]["array_job_id"]
     assert array and ids == [f"{array}_0", f"{array}_1"], ids
     assert [m["seed"] for m in ms] == [0, 1]
-    hosts = [next(e["host"] for e in events(d) if e["event"] == "start") for d in jobs["arr"]]
+    hosts = [next(e["host"] for e in job_events(d) if e["event"] == "start") for d in jobs["arr"]]
     assert sorted(hosts) == sorted(nodes[:2]), hosts  # one task on each node
     for d in jobs["arr"]:
-        records = losses(d)
+        records = loss_records(d)
         assert records[-1]["step"] == 6 and {r["world_size"] for r in records} == {2}
-    ports = [int(next(e["master"] for e in events(d) if e["event"] == "start").rsplit(":", 1)[1])
+    ports = [int(next(e["master"] for e in job_events(d) if e["event"] == "start").rsplit(":", 1)[1])
              for d in jobs["arr"]]
     rows = dict(line.split("|") for line in sh("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,JobIDRaw").split())
     # each array task has its own SLURM_JOB_ID, hence its own port
@@ -463,24 +308,24 @@ def test_job_array_on_both_nodes(jobs, nodes):
 
 def test_usr2_requeue_resumes_bit_exact_on_two_nodes(jobs, nodes):
     run_dir, ref = jobs["rq"], jobs["ref"]
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     job = m["job"]["id"]
-    wait_for(lambda: last_step(run_dir) >= 4, "the 4-rank run to pass step 4")
+    wait_for(lambda: last_step(run_dir) >= 4, "the 4-rank run to pass step 4", JOB_TIMEOUT)
     t_signal = time.time()
     sh("scancel", "--signal=USR2", job)  # every task of the job, on both nodes
-    wait_for(lambda: any(e["event"] == "requeued" for e in events(run_dir)), "the job to requeue itself", 120)
-    stopped = next(e for e in events(run_dir) if e["event"] == "stopped")
+    wait_for(lambda: any(e["event"] == "requeued" for e in job_events(run_dir)), "the job to requeue itself", 120)
+    stopped = next(e for e in job_events(run_dir) if e["event"] == "stopped")
     assert stopped["signals"] == ["SIGUSR2"] and 4 <= stopped["step"] < STEPS, stopped
     ckpt = run_dir / "checkpoints" / f"step-{stopped['step']:08d}"
     assert (ckpt / "complete").is_file() and json.loads((ckpt / "complete").read_text())["world_size"] == 4
     assert sorted(p.name for p in ckpt.glob("rank-*.pt")) == [f"rank-{r:05d}.pt" for r in range(4)]  # both nodes
-    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in events(run_dir)),
-             "the requeued job to start again")
-    t_restart = next(e["time"] for e in events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
-    wait_for(lambda: any(r["time"] > t_restart for r in losses(run_dir)), "the requeued job to train again", 120)
-    t_training = next(r["time"] for r in losses(run_dir) if r["time"] > t_restart)
-    wait_done(run_dir)
-    ev = events(run_dir)
+    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in job_events(run_dir)),
+             "the requeued job to start again", JOB_TIMEOUT)
+    t_restart = next(e["time"] for e in job_events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
+    wait_for(lambda: any(r["time"] > t_restart for r in loss_records(run_dir)), "the requeued job to train again", 120)
+    t_training = next(r["time"] for r in loss_records(run_dir) if r["time"] > t_restart)
+    wait_done(run_dir, JOB_TIMEOUT)
+    ev = job_events(run_dir)
     assert [e["event"] for e in ev] == ["start", "stopped", "requeued", "start", "completed"], ev
     resumed = re.findall(r"resumed from \S+/step-(\d{8}) at step", task_log(m, 0))
     assert [int(s) for s in resumed] == [stopped["step"]], resumed
@@ -489,7 +334,7 @@ def test_usr2_requeue_resumes_bit_exact_on_two_nodes(jobs, nodes):
     jobs["resumed"]["rq"] = stopped["step"]
     print(f"\nUSR2 on 2 nodes: -> requeued {stopped['time'] - t_signal:.1f} s, -> running again "
           f"{t_restart - t_signal:.1f} s, -> training again {t_training - t_signal:.1f} s")
-    wait_done(ref)
+    wait_done(ref, JOB_TIMEOUT)
     check_against_ref(ref, run_dir, stopped["step"])
 
 
@@ -500,13 +345,13 @@ def test_node_loss_ends_the_job_and_it_resumes(jobs, nodes):
     ref = jobs["ref"]
     jobs["submit"]("nl", "--exp", "smoke", "--gpus", "4", "--name", "nl", "--set", *LONG)
     run_dir = jobs["root"] / "smoke" / "nl"
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     job = m["job"]["id"]
     victim = nodes[1]
     try:
         wait_for(lambda: (last_step(run_dir) >= 12
                           and (run_dir / "checkpoints" / "step-00000010" / "complete").is_file()),
-                 "the run to pass its checkpoint at step 10")
+                 "the run to pass its checkpoint at step 10", JOB_TIMEOUT)
         t_loss = time.time()
         killed = kill_node(victim)
         assert killed, f"nothing ran on {victim}"
@@ -518,18 +363,18 @@ def test_node_loss_ends_the_job_and_it_resumes(jobs, nodes):
         assert state == "PENDING", f"the job was not requeued after the node loss: {state!r}"
         # srun --kill-on-bad-exit usually ends the job before SlurmdTimeout has marked the node DOWN: by then
         # it is at least "not responding" (a trailing *)
-        down = sh("sinfo", "-h", "-N", "-n", victim, "-o", "%T").strip()
+        down = node_state(victim)
         assert down.startswith("down") or down.endswith("*"), down
-        assert not any(e["event"] == "completed" for e in events(run_dir))
+        assert not any(e["event"] == "completed" for e in job_events(run_dir))
     finally:
         t_revive = time.time()
         revive_s = revive_nodes(len(all_nodes))
-    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in events(run_dir)),
-             "the requeued job to start again once the node is back")
-    t_restart = next(e["time"] for e in events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
-    wait_for(lambda: any(r["time"] > t_restart for r in losses(run_dir)), "the requeued job to train again", 120)
-    t_training = next(r["time"] for r in losses(run_dir) if r["time"] > t_restart)
-    wait_done(run_dir)
+    wait_for(lambda: any(e["event"] == "start" and e["restart_count"] == 1 for e in job_events(run_dir)),
+             "the requeued job to start again once the node is back", JOB_TIMEOUT)
+    t_restart = next(e["time"] for e in job_events(run_dir) if e["event"] == "start" and e["restart_count"] == 1)
+    wait_for(lambda: any(r["time"] > t_restart for r in loss_records(run_dir)), "the requeued job to train again", 120)
+    t_training = next(r["time"] for r in loss_records(run_dir) if r["time"] > t_restart)
+    wait_done(run_dir, JOB_TIMEOUT)
     resumed = [int(s) for s in re.findall(r"resumed from \S+/step-(\d{8}) at step", task_log(m, 0))]
     assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0, resumed  # the last periodic checkpoint
     d = digests(run_dir / "checkpoints" / FINAL, 4)
@@ -538,6 +383,6 @@ def test_node_loss_ends_the_job_and_it_resumes(jobs, nodes):
           f"{revive_s:.1f} s; -> running again {t_restart - t_revive:.1f} s, -> training again "
           f"{t_training - t_revive:.1f} s (resumed from step {resumed[0]})")
     if jobs["resumed"].get("rq") == resumed[0]:  # two jobs resumed from the same step: the same end, bit for bit
-        same_generators(jobs["rq"] / "checkpoints" / FINAL, run_dir / "checkpoints" / FINAL)
-    wait_done(ref)
+        assert_same_generator_files(jobs["rq"] / "checkpoints" / FINAL, run_dir / "checkpoints" / FINAL)
+    wait_done(ref, JOB_TIMEOUT)
     check_against_ref(ref, run_dir, resumed[0])

@@ -28,7 +28,7 @@ import torch
 
 from cyclegan_dist.train.modules import build_pairs
 
-from helpers import read_metrics, run_torchrun
+from helpers import TINY, read_metrics, run_torchrun
 from workers.common import dead_biases, relative_distance, tiny_config
 from workers.launch import load_ranks, run_worker
 
@@ -97,9 +97,8 @@ def test_negative_control_different_data_on_rank_1_does_not_match(runs):
 @pytest.mark.parametrize("scaling, factor", [("linear", 2.0), ("sqrt", math.sqrt(2.0))])
 def test_lr_scales_with_world_size_in_the_real_loop(tmp_path, scaling, factor):
     run_dir = tmp_path / scaling
-    run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set",
-                 "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-                 "train.steps=2", "train.log_every=1", "train.lr_decay_fraction=0", "train.checkpoint_every=0",
+    run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=2",
+                 "train.log_every=1", "train.lr_decay_fraction=0", "train.checkpoint_every=0",
                  f"train.lr_scaling={scaling}", env={"OMP_NUM_THREADS": "1"})
     records = [r for r in read_metrics(run_dir) if "lr" in r]
     assert [r["step"] for r in records] == [1, 2]

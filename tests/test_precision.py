@@ -25,7 +25,7 @@ from cyclegan_dist.config import load_config
 from cyclegan_dist.train.guard import MIN_LOSS_SCALE
 from cyclegan_dist.train.modules import build_pairs
 
-from helpers import read_metrics, run_cli
+from helpers import TINY, loss_records, read_metrics, result_json, run_cli
 from workers.common import (
     build_step,
     capture_grads,
@@ -195,10 +195,10 @@ def test_fp16_training_backs_off_and_completes(tmp_path):
     [MIN_LOSS_SCALE, 2^24] over 200 steps, the run completes and every checkpoint holds finite weights."""
     init = 2.0 ** 24
     run_dir = tmp_path / "fp16"
-    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *CLI_TINY[:-4],
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
                   "train.steps=200", "train.log_every=10", "train.checkpoint_every=100", "train.mixed_precision=fp16",
                   f"train.fp16_init_scale={init}", env={"OMP_NUM_THREADS": "1"})
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    result = result_json(out.stdout)
     assert result["status"] == "completed" and result["step"] == 200, result
     assert out.stderr.count("mixed_precision=fp16 on the CPU") == 1, out.stderr[-2000:]
     records = [r for r in read_metrics(run_dir) if "amp/loss_scale" in r]
@@ -217,8 +217,7 @@ def test_fp16_training_backs_off_and_completes(tmp_path):
 
 # --------------------------------------------------------------------------------------- channels_last, compile
 
-CLI_TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-            "train.steps=2", "train.log_every=1", "train.lr_decay_fraction=0", "train.checkpoint_every=0"]
+CLI_TINY = [*TINY, "train.steps=2", "train.log_every=1", "train.lr_decay_fraction=0", "train.checkpoint_every=0"]
 FIRST_LOSS_TOL = 1e-4  # relative, every loss term of step 1 (identical weights: only the forward's rounding)
 SPEED_WEIGHT_TOL = 0.3  # relative_distance of the generators after 2 steps
 
@@ -226,9 +225,9 @@ SPEED_WEIGHT_TOL = 0.3  # relative_distance of the generators after 2 steps
 def _train(run_dir: Path, *extra: str) -> tuple[dict[int, dict], dict[str, torch.Tensor]]:
     out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *CLI_TINY, *extra,
                   env={"OMP_NUM_THREADS": "1"})
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    result = result_json(out.stdout)
     assert result["status"] == "completed" and result["world_size"] == 1
-    losses = {r["step"]: r for r in read_metrics(run_dir) if "loss/G" in r}
+    losses = {r["step"]: r for r in loss_records(run_dir)}
     ckpt = Path(result["checkpoint"])
     weights = {f"{net}.{k}": v for net in ("G_A", "G_B") for k, v in load_file(ckpt / f"{net}.safetensors").items()}
     return losses, weights

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from slurm_helpers import NEEDS_SLURM
+from slurm_helpers import NEEDS_SLURM, sacct_state, squeue_state
+
+from helpers import wait_for
 
 START_HINT = "start it with: bash slurm/testcluster/start.sh"
 
@@ -32,28 +33,6 @@ def run(*args: str, timeout: float = 20, check: bool = True) -> subprocess.Compl
 def submit(*args: str) -> str:
     out = run("sbatch", "--parsable", *args).stdout.strip()
     return out.split(";")[0]
-
-
-def job_state(job_id: str) -> str:
-    """State from squeue while the job is known to slurmctld, else ''."""
-    proc = run("squeue", "-h", "-j", job_id, "-o", "%T", check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
-def wait_until(pred, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def sacct_state(job_id: str) -> str:
-    proc = run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State", check=False)
-    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +71,12 @@ def test_multi_task_gpu_job_runs_and_is_accounted(cluster, tmp_path: Path):
     job2 = submit("--ntasks=2", "--cpus-per-task=2", "--gpus-per-node=2", "-o", str(out2),
                   "--wrap", "srun hostname")
     cluster.extend([job, job2])
-    wait_until(lambda: sacct_state(job) == "COMPLETED", 30, f"job {job} COMPLETED in sacct "
-               f"(sacct says {sacct_state(job)!r})")
+    wait_for(lambda: sacct_state(job) == "COMPLETED", f"job {job} COMPLETED in sacct (sacct says "
+             f"{sacct_state(job)!r})", 30)
     text = out.read_text()
     assert "CVD=0,1 NTASKS=2" in text, text
     assert sorted(line for line in text.split() if line.startswith("task=")) == ["task=0", "task=1"]
-    wait_until(lambda: sacct_state(job2) == "COMPLETED", 30, f"job {job2} COMPLETED in sacct")
+    wait_for(lambda: sacct_state(job2) == "COMPLETED", f"job {job2} COMPLETED in sacct", 30)
     assert len(out2.read_text().split()) == 2, out2.read_text()
 
 
@@ -113,9 +92,9 @@ def test_requeue_running_job_runs_again(cluster, tmp_path: Path):
     job = submit("--open-mode=append", "-o", str(out), "--wrap",
                  'echo "restart=${SLURM_RESTART_COUNT:-0}"; sleep 120')
     cluster.append(job)
-    wait_until(lambda: out.exists() and "restart=0" in out.read_text(), 20, f"job {job} to start")
+    wait_for(lambda: out.exists() and "restart=0" in out.read_text(), f"job {job} to start", 20)
     run("scontrol", "requeue", job)
     # cred_expire=10 delays the restart by ~10 s
-    wait_until(lambda: "restart=1" in out.read_text(), 40, f"job {job} to run again after requeue")
-    assert job_state(job) == "RUNNING"
+    wait_for(lambda: "restart=1" in out.read_text(), f"job {job} to run again after requeue", 40)
+    assert squeue_state(job) == "RUNNING"
     run("scancel", job)

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
-from helpers import latest_checkpoint, list_complete, read_metrics, run_cli, run_torchrun
-
-TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled"]
-
-
-def weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(ckpt / "G_A.safetensors"),
-            **{f"B.{k}": v for k, v in load_file(ckpt / "G_B.safetensors").items()}}
+from helpers import (
+    TINY,
+    generator_weights,
+    latest_checkpoint,
+    list_complete,
+    loss_records,
+    result_json,
+    run_cli,
+    run_torchrun,
+)
 
 
 def assert_bit_identical(a: dict, b: dict) -> None:
@@ -41,9 +42,9 @@ def test_one_process_run_writes_everything(tmp_path):
     out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
                   "train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=6",
                   "wandb.mode=offline")
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    result = result_json(out.stdout)
     assert result["status"] == "completed" and result["step"] == 6 and result["world_size"] == 1
-    records = [r for r in read_metrics(run_dir) if "loss/G" in r]
+    records = loss_records(run_dir)
     assert [r["step"] for r in records] == [2, 4, 6]
     for key in ("loss/G_A", "loss/cycle_A", "loss/idt_B", "loss/D_A", "lr", "img_per_s", "world_size"):
         assert key in records[-1]
@@ -64,11 +65,11 @@ def test_resume_is_bit_exact(tmp_path):
     assert latest_checkpoint(split).name == "step-00000003"  # the stop wrote its own checkpoint
     run_cli("train", "--config", "smoke", "--run-dir", split, "--set", *common, "train.steps=8")
     assert latest_checkpoint(split).name == "step-00000008"
-    assert_bit_identical(weights(latest_checkpoint(straight)), weights(latest_checkpoint(split)))
+    assert_bit_identical(generator_weights(latest_checkpoint(straight)), generator_weights(latest_checkpoint(split)))
     a = torch.load(latest_checkpoint(straight) / "state.pt", weights_only=True)
     b = torch.load(latest_checkpoint(split) / "state.pt", weights_only=True)
     assert_bit_identical(a["discriminators"], b["discriminators"])
-    steps = [r["step"] for r in read_metrics(split) if "loss/G" in r]
+    steps = [r["step"] for r in loss_records(split)]
     assert steps == list(range(1, 9)), "metrics must continue without gaps or duplicates"
 
 
@@ -76,7 +77,7 @@ def test_two_gloo_ranks_train_identical_weights(tmp_path):
     run_dir = tmp_path / "ddp"
     run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
                  "train.steps=4", "train.log_every=2", "train.checkpoint_every=4")
-    records = [r for r in read_metrics(run_dir) if "loss/G" in r]
+    records = loss_records(run_dir)
     assert records and all(r["world_size"] == 2 for r in records)
     assert_rate_matches_step_time(run_dir, records)
     ckpt = latest_checkpoint(run_dir)
@@ -114,7 +115,7 @@ def test_smoke_training_beats_the_identity_baseline(tmp_path):
     """The demo's quality check: translation PSNR of G(x) vs T(x) on held-out crops, before and after."""
     out = run_cli("train", "--json", "--config", "smoke", "--run-dir", tmp_path / "smoke", "--set", "train.steps=300",
                   "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled")
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    result = result_json(out.stdout)
     assert result["psnr_after"] > result["psnr_identity"] + 1.5, result
     assert result["psnr_after"] > result["psnr_before"] + 3.0, result
 

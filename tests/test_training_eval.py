@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from helpers import list_complete, read_metrics, require_extra, run_torchrun, tiny_shard_root
+from helpers import TINY, list_complete, read_metrics, require_extra, run_torchrun, tiny_shard_root
 
 require_extra("metrics")
 
@@ -24,8 +24,7 @@ def test_eval_every_n_steps_keeps_the_best_checkpoint(tmp_path, tiny_shards):
     run_dir = tmp_path / "run"
     cache = tmp_path / "cache"
     args = ["train", "--config", "smoke", "--run-dir", run_dir, "--set", f"data.root={tiny_shards}",
-            "data.domain_b=monet", "model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0",
-            "wandb.mode=disabled", "train.log_every=2", "train.checkpoint_every=1", "train.keep_last=1",
+            "data.domain_b=monet", *TINY, "train.log_every=2", "train.checkpoint_every=1", "train.keep_last=1",
             "eval.every=2", "eval.num_photos=6", "eval.batch_size=4"]
     out = run_torchrun(2, *args, "train.steps=4", env={"CYCLEGAN_DIST_CACHE": str(cache)})
     evals = [r for r in read_metrics(run_dir) if "eval/mifid" in r]

@@ -21,10 +21,10 @@ from cyclegan_dist.config import WandbConfig
 from cyclegan_dist.rundir import RunDir
 from cyclegan_dist.tracking import INIT_TIMEOUT_S, Tracker
 
-from helpers import result_json, run_cli
+from helpers import TINY_WANDB, result_json, run_cli, warnings_of
 
 CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens there, connections are refused at once
-TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "train.log_every=2"]
+RUN = [*TINY_WANDB, "train.log_every=2"]
 
 
 def offline_env(home: Path, key: str) -> dict[str, str]:
@@ -40,10 +40,6 @@ def first_json(stdout: str) -> tuple[dict, str]:
     """The result a ``train --json`` run printed, and whatever followed it on stdout."""
     result, end = json.JSONDecoder().raw_decode(stdout, stdout.index("{"))
     return result, stdout[end:]
-
-
-def wandb_warnings(run_dir: Path) -> list[dict]:
-    return [e for e in RunDir(run_dir).events() if e["event"] == "warning" and e.get("service") == "wandb"]
 
 
 def files_holding(root: Path, secret: bytes) -> list[Path]:
@@ -68,12 +64,12 @@ def test_online_with_a_key_but_no_network_leaves_a_syncable_offline_run(tmp_path
     key = secrets.token_hex(20)  # 40 hex characters, like a real key; unique, so the grep below cannot be fooled
     env = offline_env(tmp_path / "home", key)
     run_dir = tmp_path / "run"
-    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=4",
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN, "train.steps=4",
                   env=env)
     result, after = first_json(out.stdout)
     assert result["status"] == "completed" and result["step"] == 4
 
-    warnings = wandb_warnings(run_dir)  # one named warning: the fallback, not a second failure of the retry
+    warnings = warnings_of(run_dir, "wandb")  # one named warning: the fallback, not a second failure of the retry
     assert len(warnings) == 1, [w["message"] for w in warnings]
     warning = warnings[0]
     assert "could not start in online mode" in warning["message"], warning
@@ -101,14 +97,14 @@ def test_online_with_a_key_but_no_network_leaves_a_syncable_offline_run(tmp_path
     assert "Would sync 1 run(s)" in listed and log_file.name in listed, listed
 
     # A resume (a requeue) falls back the same way and continues the same W&B run: a second offline run, same id.
-    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=6",
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN, "train.steps=6",
                   env=env)
     result = result_json(out.stdout)
     assert result["status"] == "completed" and result["step"] == 6 and result["start_step"] == 4
     assert result["wandb_id"] == wandb_id
     assert json.loads((run_dir / "wandb-run.json").read_text())["id"] == wandb_id
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{wandb_id}/run-{wandb_id}.wandb"))) == 2
-    assert len(wandb_warnings(run_dir)) == 2 and "in use" not in wandb_warnings(run_dir)[-1]["message"]
+    assert len(warnings_of(run_dir, "wandb")) == 2 and "in use" not in warnings_of(run_dir, "wandb")[-1]["message"]
     assert files_holding(run_dir, key.encode()) == []
 
 

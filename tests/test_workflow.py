@@ -10,7 +10,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from helpers import require_extra, run_cli
+from helpers import TINY, require_extra, run_cli
 
 require_extra("metrics")
 
@@ -38,9 +38,8 @@ def test_folders_to_submission(tmp_path):
     assert json.loads((shards / "index.json").read_text()) == index
 
     run_dir = tmp_path / "run"  # the shipped small config trains on prepare's domains (photo, monet) as it is
-    run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", f"data.root={shards}",
-            "model.ngf=8", "model.ndf=8", "train.steps=2", "data.num_workers=0", "train.sample_every=0",
-            "wandb.mode=disabled")
+    run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", f"data.root={shards}", *TINY,
+            "train.steps=2")
 
     images = tmp_path / "images.zip"
     out = run_cli("export", "--checkpoint", run_dir, "--photos", f"{shards}/photo-*.tar", "--out", images, "--quiet")

@@ -7,30 +7,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from cyclegan_dist.rundir import WRITER_LOCK
 
-from helpers import ROOT, _env, latest_checkpoint, read_metrics, run_cli
+from helpers import ROOT, TINY, _env, latest_checkpoint, read_metrics, run_cli, wait_for
 
-TINY = ["model.ngf=8", "model.ndf=8", "data.num_workers=0", "train.sample_every=0", "wandb.mode=disabled",
-        "train.log_every=1", "train.checkpoint_every=0"]
+RUN = [*TINY, "train.log_every=1", "train.checkpoint_every=0"]
 HANG_GUARD_S = 600  # a hang guard for a loaded 2-core machine, not a speed requirement
 
 
 def start_training(run_dir, steps: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir", str(run_dir), "--set",
-           *TINY, f"train.steps={steps}"]
+           *RUN, f"train.steps={steps}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_steps(proc: subprocess.Popen, run_dir, steps: int) -> None:
     """Until the training has logged ``steps`` steps (it holds the lock by then)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not [r for r in read_metrics(run_dir) if r.get("step", 0) >= steps]:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the first training never got going"
-        time.sleep(0.2)
+    wait_for(lambda: [r for r in read_metrics(run_dir) if r.get("step", 0) >= steps],
+             f"the training to log step {steps}", HANG_GUARD_S, process=proc)
 
 
 def test_a_second_training_in_the_same_run_directory_is_refused(tmp_path):
@@ -40,7 +35,7 @@ def test_a_second_training_in_the_same_run_directory_is_refused(tmp_path):
         wait_for_steps(first, run_dir, 2)
         holder = json.loads((run_dir / WRITER_LOCK).read_text())
         assert holder["pid"] == first.pid
-        out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=400",
+        out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN, "train.steps=400",
                       check=False)
         assert out.returncode == 2, out.stderr[-2000:]
         assert f"is being written by another training (host {holder['host']}, pid {first.pid}" in out.stderr
@@ -51,7 +46,7 @@ def test_a_second_training_in_the_same_run_directory_is_refused(tmp_path):
         first.communicate(timeout=HANG_GUARD_S)
     stopped_at = latest_checkpoint(run_dir).name
     # the first one ended: the directory is free again and a resume continues it
-    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY,
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN,
                   f"train.steps={int(stopped_at.split('-')[1]) + 2}")
     assert '"status": "completed"' in out.stdout
 
@@ -63,7 +58,7 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     os.kill(first.pid, signal.SIGKILL)
     first.communicate(timeout=HANG_GUARD_S)
     assert (run_dir / WRITER_LOCK).exists()  # the file stays; the lock died with the process
-    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=2")
+    out = run_cli("train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN, "train.steps=2")
     assert '"status": "completed"' in out.stdout
 
 
@@ -78,7 +73,7 @@ def test_a_refused_training_leaves_the_holders_lock_alone(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         for _ in range(2):  # the second refusal proves the first left the lock in place
-            out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *TINY, "train.steps=2",
+            out = run_cli("train", "--config", "smoke", "--run-dir", run_dir, "--set", *RUN, "train.steps=2",
                           check=False)
             assert out.returncode == 2 and f"pid {holder.pid}" in out.stderr, out.stderr[-2000:]
             assert sorted(p.name for p in run_dir.iterdir()) == [WRITER_LOCK]

@@ -1,13 +1,14 @@
 """How a training batch crosses from a DataLoader worker to the training process: as numpy arrays.
 
 A torch tensor leaves a worker through a shared-memory segment of its own, whose file descriptor is passed over
-a Unix socket (torch's ``file_descriptor`` sharing strategy): about a millisecond per tensor, five tensors per
-batch (two crops, two flip flags, the skipped count). At batch 1 that costs more than decoding the two JPEGs.
-A numpy array is pickled through the worker's pipe instead (a 256 px uint8 crop is 196 KB: tens of
-microseconds). So workers collate into :class:`ArrayBatch` (``default_collate``'s layout, numpy leaves) and the
-training process gets ``default_collate``'s dict of tensors back, zero-copy (``torch.from_numpy``): from
-:func:`tensor_batches` or, with ``pin_memory=True``, from the DataLoader's pinning thread, which calls
-``ArrayBatch.pin_memory`` (its hook for custom batch types), so pinning stays off the training thread.
+a Unix socket (torch's ``file_descriptor`` sharing strategy), five tensors per batch (two crops, two flip flags,
+the skipped count): at batch 1 that costs more than decoding the two JPEGs. A numpy array is pickled through the
+worker's pipe instead (a 256 px uint8 crop is 196 KB), far cheaper (the figures: ``benchmarks/RESULTS.md``,
+"Reading (CPU, 2026-12-02)", Loader). So workers collate into :class:`ArrayBatch` (``default_collate``'s layout,
+numpy leaves) and the training process gets ``default_collate``'s dict of tensors back, zero-copy
+(``torch.from_numpy``): from :func:`tensor_batches` or, with ``pin_memory=True``, from the DataLoader's pinning
+thread, which calls ``ArrayBatch.pin_memory`` (its hook for custom batch types), so pinning stays off the training
+thread.
 """
 
 from __future__ import annotations

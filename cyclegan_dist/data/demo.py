@@ -7,10 +7,11 @@ side into three bands, one for "photo" crops, one for "painting" crops, one for 
 pixels (unpaired) and the test set is disjoint from both. Crops have scale/aspect jitter and flips and
 are resized to ``size`` x ``size``; each of the three sets has its own RNG stream.
 
-"painting" = ``painterly(crop)``: a fixed, invertible colour transform toward warm ochre tones
-(3x3 matrix + offset, gamma, S-curve contrast) followed by a small Gaussian blur and a light
-posterization. The colour part dominates, so identity PSNR(x, T(x)) is low (about 15 dB) while a
-generator that learns the colour mapping gets well above it (a global affine colour fit: ~25 dB).
+"painting" = T(crop), the ``data.demo_style`` transform; the default, :func:`~cyclegan_dist.data.styles.colour`, is
+a fixed, invertible colour transform toward warm ochre tones (3x3 matrix + offset, gamma, S-curve contrast) followed
+by a small Gaussian blur and a light posterization. The colour part dominates, so identity PSNR(x, T(x)) is low
+(about 15 dB) while a generator that learns the colour mapping gets well above it (a global affine colour fit:
+~25 dB).
 
 The held-out pairs ``(x, T(x))`` live in ``<root>/eval-pairs.npy`` (uint8, shape 2xNxSxSx3);
 ``demo_eval_pairs(root)`` returns them as [-1, 1] tensors for a PSNR check of G: photo -> painting.
@@ -30,7 +31,7 @@ from PIL import Image
 
 from cyclegan_dist.cache import cache_root
 from cyclegan_dist.data.shards import INDEX_NAME
-from cyclegan_dist.data.styles import STYLES, colour, painting_transform
+from cyclegan_dist.data.styles import STYLES, painting_transform
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import resize
 
@@ -41,10 +42,6 @@ DEMO_SEED = 20240601
 EVAL_PAIRS = "eval-pairs.npy"
 DOMAINS = ("photo", "painting")
 _DEFAULTS = (600, 300, 64)  # photos, paintings, test pairs
-
-def painterly(img: np.ndarray) -> np.ndarray:
-    """The default demo "painting" transform T (``data.demo_style: colour``): uint8 HxWx3 -> uint8 HxWx3."""
-    return colour(img)
 
 
 def _source_images() -> list[tuple[str, np.ndarray]]:
@@ -198,8 +195,8 @@ def _build(out: Path, params: dict) -> None:
 
 
 def demo_eval_pairs(root=None, size: int | None = None):
-    """Held-out ``(x, t)``: float tensors Nx3xSxS in [-1, 1], ``t = painterly(x)``, resized to ``size`` (bicubic,
-    as every image that enters a network); root None = the default demo set."""
+    """Held-out ``(x, t)``: float tensors Nx3xSxS in [-1, 1], ``t = T(x)`` (the set's style), resized to ``size``
+    (bicubic, as every image that enters a network); root None = the default demo set."""
     import torch
 
     from cyclegan_dist.data.transforms import eval_image, normalize

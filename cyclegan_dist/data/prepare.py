@@ -2,11 +2,14 @@
 
 Each domain becomes ``<domain>-000000.tar, ...`` with ``shard_size`` samples per tar, each sample
 ``{__key__, ppm}`` (``format="raw"``, the default: uncompressed 8-bit RGB, read without decoding and without a
-second JPEG generation; 245 KB for 286 x 286) or ``{__key__, jpg}`` (``format="jpeg"``: ~6x smaller, 2-3x slower
-to load, ``benchmarks/RESULTS.md``; an RGB JPEG that needs no resize keeps its original bytes).
+second JPEG generation; 245 KB for 286 x 286) or ``{__key__, jpg}`` (``format="jpeg"``: several times smaller,
+slower to load: ``benchmarks/RESULTS.md``, "Reading (CPU, 2026-12-02, session 5)", Loader; an RGB JPEG that needs
+no resize keeps its original bytes).
 Keys come from the relative path (deterministic, sorted walk).
 The whole root is written in a hidden sibling temp dir and renamed into place at the end, so a crash or
-a refused re-run never leaves a half-written or corrupted shard root behind.
+a refused re-run never leaves a half-written or corrupted shard root behind. ``--out s3://bucket/prefix`` writes
+the root locally, then uploads it, ``index.json`` last (``data/remote.py``). Each shard's size and sha256 go into
+the index (what a remote root's node-local copy is checked against).
 
 Resizing at prepare time (``--resize 286``: shorter side to 286, aspect kept) is what makes the loader
 fast on large photos; the loader still resizes to ``load_size`` square as the reference does.
@@ -19,6 +22,7 @@ import concurrent.futures as cf
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -26,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cyclegan_dist.data import remote
 from cyclegan_dist.data.shards import (
     INDEX_NAME,
     INDEX_VERSION,
     SHARD_FORMATS,
     check_domain_name,
+    file_digest,
     sanitize_key,
     shard_name,
 )
@@ -171,6 +177,9 @@ def _write_domain(domain, source, tmp, shard_size, resize, min_size, quality, fm
         bar.close()
         if writer is not None:
             writer.close()
+    for shard in shards:  # what a remote root's node-local copy is checked against (data/remote.py)
+        digest, size = file_digest(tmp / shard["url"])
+        shard["bytes"], shard["sha256"] = size, digest
     for why, names in skipped.items():
         if names:
             what = ("unreadable (corrupt or truncated) image(s)" if why == "corrupt"
@@ -240,6 +249,13 @@ def prepare_shards(
     ``quality``, default :data:`images.JPEG_QUALITY`). ``timestamp=False`` writes ``"created": null``
     (byte-identical roots for identical input); ``extra`` is merged into the index.
     """
+    if remote.is_remote(out_dir):  # s3://bucket/prefix: written here, then uploaded (data/remote.py)
+        remote.check_remote_out(out_dir, overwrite)
+        with tempfile.TemporaryDirectory(prefix="cyclegan-prepare-") as tmp:
+            index = prepare_shards(domains, Path(tmp) / "root", shard_size, resize, quality, progress, format=format,
+                                   min_size=min_size, workers=workers, timestamp=timestamp, extra=extra)
+            remote.upload_root(Path(tmp) / "root", out_dir, overwrite)
+        return index
     if not isinstance(domains, dict) or not domains:
         raise UserError("prepare: give at least one domain (name -> image folder)")
     for name in domains:

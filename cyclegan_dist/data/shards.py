@@ -5,19 +5,22 @@ samples are ``{__key__, ppm}`` (raw 8-bit RGB, ``prepare --format raw``, the def
 (RGB JPEG, ``--format jpeg``), plus ``index.json``::
 
     {"version": 1,
-     "domains": {"photo": {"count": N, "shards": [{"url": "photo-000000.tar", "nsamples": n}, ...],
+     "domains": {"photo": {"count": N, "shards": [{"url": "photo-000000.tar", "nsamples": n, "bytes": b,
+                                                    "sha256": "..."}, ...],
                            "min_size": [w, h], "max_size": [w, h], "skipped_corrupt": c, "skipped_small": s},
                  ...},
      "resize": 286 | null, "format": "raw" | "jpeg" (absent in roots written before it: jpeg),
      "created": "2024-...Z" | null}
 
-``url`` is relative to the root. Everything that reads a root goes through :func:`read_index` and
+``url`` is relative to the root; ``bytes`` and ``sha256`` (absent in roots written before them) let a remote root's
+node-local copy be checked (``data/remote.py``). Everything that reads a root goes through :func:`read_index` and
 :func:`shard_list`, which turn a missing/damaged root into a :class:`UserError` that says to run
 ``python -m cyclegan_dist prepare``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -53,13 +56,32 @@ def read_index(root) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found: {root} is not a shard root; {PREPARE_HINT}")
     try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}); {PREPARE_HINT} again with --overwrite") from None
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path} is not readable ({e}); {PREPARE_HINT} again with --overwrite") from None
+    return parse_index(text, path)
+
+
+def parse_index(text: str | bytes, where) -> dict:
+    """The checked index from the text of an ``index.json`` (``where``: its path or URL, for the message)."""
+    try:
+        index = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{where} is not readable JSON ({e}); {PREPARE_HINT} again with --overwrite") from None
     if (not isinstance(index, dict) or index.get("version") != INDEX_VERSION
             or not isinstance(index.get("domains"), dict)):
-        raise UserError(f"{path} is not a version-{INDEX_VERSION} shard index; {PREPARE_HINT} again with --overwrite")
+        raise UserError(f"{where} is not a version-{INDEX_VERSION} shard index; {PREPARE_HINT} again with --overwrite")
     return index
+
+
+def file_digest(path) -> tuple[str, int]:
+    """``(sha256 hex, size in bytes)`` of a file, read in 1 MiB blocks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
 
 
 def shard_list(root, index: dict, domain: str) -> list[dict]:

@@ -1,4 +1,5 @@
-"""FID and MiFID exactly as Kaggle scores them (DESIGN.md decision 6), plus an on-disk cache of real statistics.
+"""FID and MiFID exactly as Kaggle scores them, plus an on-disk cache of real statistics (docs/architecture.md,
+"Where each concern lives (once)": FID / MiFID).
 
 * FID: the pytorch-fid / TTUR algorithm with ``scipy.linalg.sqrtm``: if ``sqrtm(sigma1 @ sigma2)`` is not finite,
   retry with ``1e-6`` added to both diagonals; a complex result is accepted (real part taken) only when its
@@ -8,8 +9,8 @@
   ``min_j d_ij``. (torchmetrics' MiFID takes the min/mean the other way round: not this.)
   Kaggle drops rows whose *sum* is 0; Inception pool features are non-negative, so that is the same as all-zero.
 * MiFID = FID / (d_thr + 1e-14), with d_thr = d if d < 0.1 else 1.
-* Round-off: the FID of a set against itself is 0 up to ``sqrtm``'s round-off (-1.4e-4 measured on 150 images),
-  which may be negative. The reported FID is clamped at 0; MiFID divides the round-off's magnitude, so a memorised
+* Round-off: the FID of a set against itself is 0 up to ``sqrtm``'s round-off (of the order of 1e-4), which may
+  be negative. The reported FID is clamped at 0; MiFID divides the round-off's magnitude, so a memorised
   set scores a huge positive MiFID (as Kaggle's formula gives for a positive round-off), never a negative one.
 """
 

@@ -1,4 +1,4 @@
-"""Inception-v3 pool features for FID / MiFID (DESIGN.md decision 6).
+"""Inception-v3 pool features for FID / MiFID (docs/architecture.md, "Where each concern lives (once)").
 
 The network is the TF-2015 FID Inception ("inception-2015-12-05", the graph the original TTUR FID code and
 Kaggle's MiFID scorer run) as a TorchScript file, ``default_1.pt``, shipped inside the PyPI package

@@ -1,15 +1,19 @@
 """The experiment report: a table of finished runs, a translation grid and loss/FID curves.
 
-``write_report(runs, out_dir)`` writes ``report.md``, ``grid.png`` (a row of photos, then one row per run with
-its translations of the same photos) and ``curves.png`` (losses and FID/MiFID over steps), reading only what
-training left in each run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (best, else latest).
+``write_report(runs, out_dir)`` writes ``report.md``, ``report.html``, ``grid.png`` (a row of photos, then one row
+per run with its translations of the same photos) and ``curves.png`` (losses and FID/MiFID over steps), reading
+only what training left in each run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (best, else
+latest). Both documents come from the same facts: one table (:data:`COLUMNS`), one set of translations (grid.png
+and the page's gallery), the sections the caller passes (the launcher's winner); ``report_html`` renders the page.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +21,16 @@ from typing import Any
 import torch
 
 from cyclegan_dist.config import load_config
-from cyclegan_dist.data.demo import demo_root
+from cyclegan_dist.data.remote import readable_root
 from cyclegan_dist.data.streams import iter_domain
-from cyclegan_dist.data.transforms import normalize
+from cyclegan_dist.data.transforms import normalize, to_uint8
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.eval.report_html import Gallery, Section, Table, page
 from cyclegan_dist.eval.samples import compose
+from cyclegan_dist.images import encode_jpeg
 from cyclegan_dist.models import count_parameters
 from cyclegan_dist.models.io import load_generator
 from cyclegan_dist.rundir import RunDir, atomic_write
-from cyclegan_dist.tables import format_table
 
 GRID_SIZE = 128
 
@@ -69,25 +74,51 @@ def summarize(run_dir: Path, name: str | None = None, gpu_hours: float | None = 
     )
 
 
+RUNS_NOTE = "FID and MiFID: the best in-training evaluation of each run (MiFID as Kaggle scores it)."
+CURVES_NOTE = "One row per run: its losses, then FID/MiFID over steps."
+
+# The runs table, defined once (report.md and report.html render it): header, cell of a run, aligned right.
+COLUMNS: tuple[tuple[str, Callable[[RunSummary], str], bool], ...] = (
+    ("run", lambda r: r.name, False), ("exp", lambda r: r.experiment, False),
+    ("generator", lambda r: r.generator, False), ("params", lambda r: f"{r.params:,}", True),
+    ("steps", lambda r: f"{r.steps:,}", True), ("GPU-hours", lambda r: _fmt(r.gpu_hours, 3), True),
+    ("img/s", lambda r: _fmt(r.img_per_s, 1), True), ("FID", lambda r: _fmt(r.fid, 1), True),
+    ("MiFID", lambda r: _fmt(r.mifid, 1), True),
+)
+
+
+def runs_table(runs: Sequence[RunSummary]) -> Table:
+    """One row per run, the lowest MiFID first (runs without one last)."""
+    ordered = sorted(runs, key=lambda r: (r.mifid is None, r.mifid or 0.0))
+    return Table(headers=tuple(header for header, _, _ in COLUMNS),
+                 rows=tuple(tuple(cell(r) for _, cell, _ in COLUMNS) for r in ordered),
+                 right=frozenset(i for i, (_, _, right) in enumerate(COLUMNS) if right))
+
+
 def write_report(runs: list[RunSummary], out_dir: Path, n_photos: int = 6, title: str = "CycleGAN experiments",
-                 command: str | None = None) -> Path:
+                 command: str | None = None, sections: Sequence[Section] = ()) -> Path:
+    """report.md, report.html (the same table, ``sections`` and pictures in one self-contained page), grid.png and
+    curves.png in ``out_dir``; each file written whole (temp name, then rename). Returns report.md's path."""
     if not runs:
         raise UserError("no finished runs to report on")
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid = _grid(runs, out_dir / "grid.png", n_photos)
+    shown = translate_photos(runs, n_photos)
+    grid = _grid(shown, out_dir / "grid.png")
     curves = _curves(runs, out_dir / "curves.png")
-    rows = [[r.name, r.experiment, r.generator, f"{r.params:,}", f"{r.steps:,}", _fmt(r.gpu_hours, 3),
-             _fmt(r.img_per_s, 1), _fmt(r.fid, 1), _fmt(r.mifid, 1)]
-            for r in sorted(runs, key=lambda r: (r.mifid is None, r.mifid or 0.0))]
-    table = format_table(["run", "exp", "generator", "params", "steps", "GPU-hours", "img/s", "FID", "MiFID"], rows,
-                         markdown=True, right=range(3, 9))
-    lines = [f"# {title}", "", f"Written {dt.datetime.now().isoformat(timespec='seconds')}"
-             + (f" by `{command}`" if command else "") + ".", "", table, "",
-             "FID and MiFID: the best in-training evaluation of each run (MiFID as Kaggle scores it).", "",
-             f"![translations]({grid.name})", "", "Rows: photos, then each run's translation of the same photos.",
-             "", f"![curves]({curves.name})", "", "One row per run: its losses, then FID/MiFID over steps.", ""]
+    table = runs_table(runs)
+    written = dt.datetime.now().isoformat(timespec="seconds")
+    atomic_write(out_dir / "report.html", page(
+        title=title, written=written, command=command, runs=table, runs_note=RUNS_NOTE, sections=sections,
+        gallery=gallery(shown), curves=curves.read_bytes(), curves_note=CURVES_NOTE))
+    lines = [f"# {title}", "", f"Written {written}" + (f" by `{command}`" if command else "") + ".", "",
+             table.markdown(), "", RUNS_NOTE, "",
+             "The same report as one page, with a gallery that puts the runs side by side: [report.html](report.html).",
+             "", f"![translations]({grid.name})", "", "Rows: photos, then each run's translation of the same photos.",
+             "", f"![curves]({curves.name})", "", CURVES_NOTE]
+    for section in sections:
+        lines += section.markdown()
     path = out_dir / "report.md"
-    atomic_write(path, "\n".join(lines))
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -95,13 +126,21 @@ def _fmt(value: float | None, digits: int) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
 
 
-@torch.no_grad()
-def _grid(runs: list[RunSummary], path: Path, n_photos: int) -> Path:
-    """A row of photos, then one row per run with its translation of the same photos (labelled)."""
-    import io
+@dataclass
+class Translations:
+    """The same photos and each run's translation of them: ``rows[0]`` the photos, then one row per run, each
+    N x 3 x GRID_SIZE x GRID_SIZE in [-1, 1]; ``labels`` name the rows."""
 
+    rows: list[torch.Tensor]
+    labels: list[str]
+
+
+@torch.no_grad()
+def translate_photos(runs: Sequence[RunSummary], n_photos: int) -> Translations:
+    """The first ``n_photos`` photos of the first run's data, and each run's generator applied to them (at its
+    crop size, shown at GRID_SIZE)."""
     config = load_config(RunDir(runs[0].run_dir).config)
-    root = Path(config.data.root) if config.data.root else demo_root(config.data)
+    root = readable_root(config.data)  # the demo set, a directory, or the node-local copy of a remote root
     photos = [image for _, image in itertools.islice(iter_domain(root, config.data.domain_a, size=GRID_SIZE), n_photos)]
     x = torch.stack(photos)  # uint8
     rows, labels = [normalize(x)], [f"{config.data.domain_a} (input)"]
@@ -111,9 +150,22 @@ def _grid(runs: list[RunSummary], path: Path, n_photos: int) -> Path:
         y = generator(_resize(normalize(x), crop)).float()
         rows.append(_resize(y, GRID_SIZE).clamp(-1, 1))
         labels.append(f"{run.name} ({run.generator})")
+    return Translations(rows, labels)
+
+
+def _grid(shown: Translations, path: Path) -> Path:
+    """A row of photos, then one row per run with its translation of the same photos (labelled)."""
     buf = io.BytesIO()
-    compose(rows, labels, "the same photos, translated by each run").save(buf, format="PNG")
+    compose(shown.rows, shown.labels, "the same photos, translated by each run").save(buf, format="PNG")
     return atomic_write(path, buf.getvalue())
+
+
+def gallery(shown: Translations) -> Gallery:
+    """The same translations for report.html: per photo, the photo then each run's translation (JPEG, as Kaggle
+    receives them)."""
+    tiles = [to_uint8(row) for row in shown.rows]  # N x H x W x 3 each
+    photos = tuple(tuple(encode_jpeg(row[j]) for row in tiles) for j in range(len(tiles[0])))
+    return Gallery(labels=tuple(shown.labels), photos=photos)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Callable, ContextManager
 import torch
 
 from cyclegan_dist.config import DataConfig
-from cyclegan_dist.data import demo
+from cyclegan_dist.data import demo, remote
 from cyclegan_dist.data.streams import UnpairedShardDataset, make_loader
 from cyclegan_dist.data.transforms import normalize, psnr
 from cyclegan_dist.eval.samples import save_grid, translation_grid
@@ -63,7 +63,7 @@ def setup_data(data: DataConfig, *, batch_size: int, seed: int, rank: int) -> Da
         x, target = demo.demo_eval_pairs(root, size=data.crop_size)
         eval_pairs, psnr_identity = (x, target), float(psnr(x, target))
     else:
-        root, domain_a, domain_b = Path(data.root), data.domain_a, data.domain_b
+        root, domain_a, domain_b = remote.readable_root(data), data.domain_a, data.domain_b
         eval_pairs, psnr_identity = None, None
     dataset = UnpairedShardDataset(root, domain_a, domain_b, load_size=data.load_size, crop_size=data.crop_size,
                                    flip=data.flip, seed=seed, rank=rank)

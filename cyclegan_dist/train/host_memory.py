@@ -4,12 +4,11 @@ glibc serves a large block (from 128 KiB, the threshold growing with use to at m
 and returns it with ``munmap`` when it is freed, and gives the top of the heap back once more than 128 KiB are
 free there. A training step frees and allocates the same blocks at every step (activations, gradients: a U-Net
 deconvolution's weight gradient is 32 MiB), so every step pays the kernel's page faults again, zeroing each page
-on first touch. Measured on the 2-core VM (U-Net 64 px, 2026-12-02, ``benchmarks.profile_step --shapes``): that
-deconvolution's backward took 123-340 ms per step in ours with glibc's defaults against 89-110 ms in the reference
-arm, and 93 ms in both with the memory kept; ours' whole fp32 U-Net step went from 0.67-0.87 to 1.05-1.26 img/s
-(three runs each). Which arm of the step benchmark paid
-depended on what the other had just freed (the reference's foreach Adam allocates and frees temporaries that
-fused Adam does not): that was the U-Net step's "gap" (``benchmarks/RESULTS.md``, session 5).
+on first touch, which slows that deconvolution's backward down, and with it the whole CPU U-Net step.
+Which arm of the step benchmark paid depended on what the other had just freed (the reference's foreach Adam
+allocates and frees temporaries that fused Adam does not): that was the U-Net step's "gap". The figures and their
+commands (``benchmarks.profile_step --shapes`` with and without ``CYCLEGAN_KEEP_FREED_MEMORY=0``):
+``benchmarks/RESULTS.md``, "Reading (CPU, 2026-12-02, session 5)".
 
 :func:`retain_freed_memory` raises glibc's mmap threshold to 1 GiB (where a glibc refuses that, it turns its
 per-block mmap off instead) and its trim threshold to 2 GiB (``mallopt``), so the blocks stay in the heap and are

@@ -82,8 +82,9 @@ class Runtime:
             set_cpu_threads(local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # train/cpu_threads.py
 
     def autocast(self):
-        """The autocast context of this precision (``torch.autocast``; nothing in fp32). A new one per use (~3 us):
-        the loop enters it twice per step."""
+        """The autocast context of this precision (``torch.autocast``; nothing in fp32). A new one per use (the loop
+        enters it twice per step): cheap, unlike ``Accelerator.autocast()`` (``benchmarks/RESULTS.md``, "Reading
+        (CPU, 2026-12-02, session 4)")."""
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -109,8 +110,9 @@ class Runtime:
 
     def stepping(self, optimizer):
         """The optimizer a step calls ``step``/``zero_grad`` on: the torch optimizer inside Accelerate's wrapper
-        (whose ``step`` adds ~170 us of Python per call and nothing else without its scaler), DeepSpeed's wrapper
-        under DeepSpeed. Checkpoints keep using the wrapper's state_dict, the same object's."""
+        (whose ``step`` adds only Python work without its scaler: ``benchmarks/RESULTS.md``, "Reading (CPU,
+        2026-12-02, session 4)"), DeepSpeed's wrapper under DeepSpeed. Checkpoints keep using the wrapper's
+        state_dict, the same object's."""
         return optimizer if self.deepspeed else getattr(optimizer, "optimizer", optimizer)
 
     def unwrap(self, module):

@@ -76,7 +76,7 @@ class Session:
         self.gens_plain, self.discs_plain, self.guard = (self.prepared.gens_plain, self.prepared.discs_plain,
                                                          self.prepared.guard)
         if t.ema_decay > 0:
-            self.state.ema = GeneratorEMA(self.gens_plain, t.ema_decay)
+            self.state.ema = GeneratorEMA(self.gens_plain, t.ema_decay, t.ema_rampup)
         notes = self._restore(*loaded) if loaded else []
         self.tracker = Tracker(run, config.wandb, experiment=config.experiment, config=config.to_dict(),
                                wandb_id=self.state.wandb_id, enabled=rt.is_main, run_name=run_name or run.path.name)
@@ -85,7 +85,7 @@ class Session:
         self.divergence = DivergenceMonitor()
         self.evaluator = self._evaluator()
         self.window = Window(rt.device)
-        self.start_step, self.lr = self.state.step, None
+        self.lr = None
         self.result: dict[str, Any] = {"run_dir": str(run.path), "world_size": rt.world, "start_step": self.state.step,
                                        "wandb_id": self.state.wandb_id, "warnings": self.tracker.warnings}
         self.tracker.event("train_start", step=self.state.step, world_size=rt.world, host=socket.gethostname(),
