@@ -4,10 +4,14 @@ setup(
     name="cyclegan-dist",
     version="0.2.0",
     description="CycleGAN photo->painting training on SLURM / multi-GPU nodes: Accelerate, WebDataset, W&B, FID/MiFID.",
-    packages=find_packages(include=["cyclegan_dist", "cyclegan_dist.*", "launcher", "launcher.*"]),
-    # experiments, launch configs and cluster profiles ship with the code (found by name from any directory)
-    package_data={"cyclegan_dist": ["configs/*.yaml", "configs/accelerate/*.yaml", "configs/deepspeed/*.json"],
-                  "launcher": ["profiles/*.yaml"]},
+    packages=[*find_packages(include=["cyclegan_dist", "cyclegan_dist.*", "launcher", "launcher.*"]),
+              "cyclegan_dist.configs", "launcher.profiles"],
+    # The experiments (configs/) and cluster profiles (slurm/clusters/) live at the top of the checkout and ship
+    # inside the wheel as package data, found by name from any directory (config.shipped_configs,
+    # clusters.shipped_profiles).
+    package_dir={"cyclegan_dist.configs": "configs", "launcher.profiles": "slurm/clusters"},
+    package_data={"cyclegan_dist.configs": ["*.yaml", "accelerate/*.yaml", "deepspeed/*.json"],
+                  "launcher.profiles": ["*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.6",          # torch.nn.utils.get_total_norm, torch.compiler.set_stance, fused Adam on the CPU
@@ -15,7 +19,6 @@ setup(
         "torchcodec",          # libjpeg-turbo into CHW tensors for the loader (PIL where it cannot load)
         "accelerate>=1.0",
         "webdataset==1.0.2",
-        "wids==0.1.11",        # random access into the shards (IndexedTarSamples)
         "wandb",
         "submitit>=1.5",
         "pyyaml",

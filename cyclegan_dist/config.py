@@ -1,10 +1,10 @@
 """Experiment configuration: YAML files + dotted overrides -> frozen dataclasses with strict keys.
 
 Experiments are found by name on the config search path (:func:`config_search_path`): the directories in
-``$CYCLEGAN_CONFIG_PATH`` (``:``-separated), then ``./configs``, then the experiments that ship inside the
-package (``cyclegan_dist/configs``, package data). A config file may name a parent with ``extends: other.yaml``
-(next to the file, else on the search path); its keys are merged over the parent's. Overrides are
-``section.key=value`` strings whose value is parsed as YAML
+``$CYCLEGAN_CONFIG_PATH`` (``:``-separated), then ``./configs``, then the experiments that ship with the code
+(``configs/`` of the checkout; inside a wheel, package data: :func:`shipped_configs`). A config file may name a
+parent with ``extends: other.yaml`` (next to the file, else on the search path); its keys are merged over the
+parent's. Overrides are ``section.key=value`` strings whose value is parsed as YAML
 (``train.steps=200``, ``data.root=/data/shards``, ``wandb.mode=offline``).
 
 Every mistake is a :class:`UserError` that names the key, the file and the valid choices.
@@ -162,11 +162,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return config
 
 
+def shipped_configs() -> Path:
+    """The experiments that ship with the code: ``configs/`` at the top of a checkout (editable installs too); an
+    installed wheel carries the same files as package data in ``cyclegan_dist/configs`` (setup.py maps them)."""
+    installed = Path(str(resources.files("cyclegan_dist"))) / "configs"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
 def config_search_path() -> list[Path]:
-    """Where experiments are looked up, first match wins: $CYCLEGAN_CONFIG_PATH, ./configs, the package's."""
+    """Where experiments are looked up, first match wins: $CYCLEGAN_CONFIG_PATH, ./configs, the shipped ones."""
     user = [Path(p).expanduser() for p in os.environ.get("CYCLEGAN_CONFIG_PATH", "").split(os.pathsep) if p]
-    packaged = Path(str(resources.files("cyclegan_dist") / "configs"))
-    return [p for p in dict.fromkeys([*user, Path("configs"), packaged]) if p.is_dir()]
+    return [p for p in dict.fromkeys([*user, Path("configs"), shipped_configs()]) if p.is_dir()]
 
 
 def known_experiments() -> dict[str, Path]:

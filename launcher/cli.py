@@ -41,10 +41,21 @@ def _run_root(args: argparse.Namespace) -> Path:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from launcher import submit
+    from launcher import chain, submit
 
+    steps, then_limit = chain.parse_then(getattr(args, "then", None)), getattr(args, "then_limit", None)
     plan = submit.plan(args) if args.command == "submit" else submit.plan_resume(args, _run_root(args))
+    local = plan.profile.executor == "local"
+    if steps and local and args.detach:
+        raise UserError("--then on this machine runs the steps after the training, in the foreground: drop --detach "
+                        "(or run `python -m launcher collect`/`report` once the runs have ended)")
+    if then_limit is not None and (then_limit < 1 or "collect" not in steps):
+        raise UserError("--then-limit N: N >= 1, and only with --then collect (the photos the collect step exports)")
     print(submit.describe(plan))
+    out_dir = chain.outputs_dir()
+    if steps:
+        print("then: " + ", ".join(f"{s} ({'here, after the training' if local else 'a CPU job after the training'})"
+                                   for s in steps) + f"; outputs under {out_dir}/submissions and {out_dir}/reports")
     if args.dry_run:
         print(submit.plan_details(plan))
         script = submit.sbatch_preview(plan)
@@ -57,13 +68,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for run in submitted:
         verb = "submitted" if args.command == "submit" else "resumed"
         print(f"{verb} {run.experiment}/{run.name}: job {run.job_id}  (log {run.manifest['job']['log']})")
-    local = plan.profile.executor == "local"
+    if steps and not local:
+        queued = chain.submit_chain(plan, submitted, jobs, steps, out_dir, then_limit)
+        print(chain.describe_chain(queued, {}, unknown="queued"))
     if local and not args.detach:
         print("following the log (Ctrl-C stops the run with a checkpoint)", flush=True)
         from launcher.localrun import follow_local
 
         code = follow_local(submitted, jobs)
         _print_status(plan.run_root, [r.experiment for r in submitted], names={r.name for r in submitted})
+        if steps and code != 130:  # not after a Ctrl-C
+            code = chain.run_local(plan, steps, out_dir, then_limit) or code
         return code
     if local:
         print("running in the background on this machine; `python -m launcher status` shows progress")
@@ -81,6 +96,9 @@ def _print_status(run_root: Path, experiments: list[str] | None, names: set[str]
         print(gather.table([gather.with_display_fields(r) for r in rows], gather.STATUS_COLUMNS))
     else:
         print(f"no runs under {run_root}" + (f" for {', '.join(experiments)}" if experiments else ""))
+    if not as_json:
+        for line in gather.chain_lines(rows):
+            print(line)
     return rows
 
 
@@ -160,7 +178,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return collect.collect_submissions(
         _run_root(args), split_list(args.exp) or None, split_list(args.runs) or None, photos=args.photos,
         out_dir=Path(args.out).expanduser().absolute(), here=args.here, on_cluster=args.on_cluster,
-        cluster=args.cluster, limit=args.limit, batch_size=args.batch_size, time_limit=args.time)
+        cluster=args.cluster, limit=args.limit, batch_size=args.batch_size, time_limit=args.time,
+        missing_ok=args.missing_ok)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -171,7 +190,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.name is not None:
         check_name("--name", args.name)  # reports/<name>/
     path = report.make_report(_run_root(args), split_list(args.exp) or None, split_list(args.runs) or None,
-                              args.name, Path(args.out).expanduser().absolute())
+                              args.name, Path(args.out).expanduser().absolute(), missing_ok=args.missing_ok)
     print(f"wrote {path}, {path.parent / 'report.html'}, {path.parent / 'grid.png'}, {path.parent / 'curves.png'}")
     return 0
 
@@ -218,6 +237,11 @@ def add_submit(sub) -> None:
                    help="experiments (configs/*.yaml stems, e.g. resnet9,unet) or YAML paths")
     p.add_argument("--seeds", action="append", metavar="S[,S...]", help="seeds (default: the config's seed)")
     p.add_argument("--name", help="run name (a prefix within a sweep); default <exp>-s<seed>-<timestamp>")
+    p.add_argument("--then", action="append", metavar="STEP[,STEP...]",
+                   help="collect,report: queue these steps after the training (SLURM: CPU jobs with "
+                   "--dependency=afterany on the training jobs; local: here, after the training) for the runs of "
+                   "this submission; outputs in ./submissions and ./reports/<sweep name>")
+    p.add_argument("--then-limit", type=int, metavar="N", help="--then collect: only the first N photos (a test)")
     _resources(p)
 
 
@@ -272,6 +296,7 @@ def add_collect(sub) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N photos (a quick test)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--time", default="01:00:00", help="time limit of an export job (default 01:00:00)")
+    _missing_ok(p)
     _common(p)
     p.set_defaults(func=cmd_collect)
 
@@ -283,8 +308,14 @@ def add_report(sub) -> None:
     p.add_argument("--run", dest="runs", nargs="+", action="extend", metavar="RUN", help="only these runs")
     p.add_argument("--name", help="report name (default: the experiments joined by _vs_)")
     p.add_argument("--out", default="reports", help="directory for <name>/ (default: ./reports)")
+    _missing_ok(p)
     _common(p)
     p.set_defaults(func=cmd_report)
+
+
+def _missing_ok(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--missing-ok", action="store_true", help="runs named with --run that did not complete are "
+                   "left out and listed as missing (what --then uses), instead of an error")
 
 
 def add_logs(sub) -> None:

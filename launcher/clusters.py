@@ -2,7 +2,7 @@
 
 Profiles are YAML files found by name on the profile search path, first match wins: the directories in
 ``$CYCLEGAN_CLUSTER_PATH`` (``:``-separated), then ``./slurm/clusters``, then the profiles that ship inside the
-package (``launcher/profiles``: ``local``, ``testcluster``, ``example``), or given as a path.
+code (``slurm/clusters/``: ``local``, ``testcluster``, ``example``; package data in a wheel), or given as a path.
 
 A profile names every key in :data:`SLURM_KEYS` (``null`` where the cluster needs no value) or, for this
 machine, every key in :data:`LOCAL_KEYS`; a missing or unknown key is a :class:`UserError`. Command-line
@@ -67,10 +67,16 @@ class Profile:
                 "sbatch_extra": dict(self.sbatch_extra)}
 
 
+def shipped_profiles() -> Path:
+    """The profiles that ship with the code: ``slurm/clusters/`` of a checkout (editable installs too); an installed
+    wheel carries the same files as package data in ``launcher/profiles`` (setup.py maps them)."""
+    installed = Path(str(resources.files("launcher"))) / "profiles"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "slurm" / "clusters"
+
+
 def profile_search_path() -> list[Path]:
     user = [Path(p).expanduser() for p in os.environ.get("CYCLEGAN_CLUSTER_PATH", "").split(os.pathsep) if p]
-    packaged = Path(str(resources.files("launcher") / "profiles"))
-    return [p for p in dict.fromkeys([*user, Path("slurm") / "clusters", packaged]) if p.is_dir()]
+    return [p for p in dict.fromkeys([*user, Path("slurm") / "clusters", shipped_profiles()]) if p.is_dir()]
 
 
 def known_profiles() -> dict[str, Path]:

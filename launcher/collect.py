@@ -9,8 +9,10 @@ The 7,000-10,000 count rule is a warning below 7,000 (a --limit, or a photo set 
 error above 10,000. Beside each zip written, ``<out>/<exp>-<run>.generator/`` holds the generator that made it
 (``generator.safetensors`` + ``generator.yaml``, as ``export --generator-only`` writes them) and its model card
 (``MODEL_CARD.md``, ``model_card.yaml``, ``samples.png``; GPU-hours from the launcher's job records), written here
-after the export, also for an export job; a card that fails is a warning, the zip stays. Nothing here imports
-torch at module level: the export itself (:func:`export_run`) and the card import it when they run.
+after the export, also for an export job; a card that fails is a warning, the zip stays. ``--missing-ok`` (what
+``submit --then`` uses): named runs that did not complete are skipped and printed as ``missing: ...`` lines.
+Nothing here imports torch at module level: the export itself (:func:`export_run`) and the card import it when
+they run.
 """
 
 from __future__ import annotations
@@ -59,16 +61,7 @@ def select_runs(run_root: Path, experiments: list[str] | None, names: list[str] 
     if names:
         chosen = []
         for name in names:
-            hits = [r for r in every if name in (r["run"], f"{r['experiment']}/{r['run']}", r["run_dir"])]
-            if not hits:
-                where = f" of {', '.join(experiments)}" if experiments else ""
-                known = ", ".join(r["run"] for r in every[-10:]) or "none"
-                raise UserError(f"--run {name}: no such run{where} under {run_root} (runs: {known})")
-            if len(hits) > 1:
-                matches = ", ".join(h["experiment"] + "/" + h["run"] for h in hits)
-                raise UserError(f"--run {name} matches several runs ({matches}); "
-                                "give <exp>/<run>")
-            row = hits[0]
+            row = named_row(every, name, experiments, run_root)
             if row["state"] != "COMPLETED" and (row["state"] not in gather.TERMINAL or not row["latest_checkpoint"]):
                 raise UserError(f"run {row['experiment']}/{row['run']} is {row['state']}"
                                 + ("" if row["state"] not in gather.TERMINAL else " and has no complete checkpoint")
@@ -93,6 +86,45 @@ def select_runs(run_root: Path, experiments: list[str] | None, names: list[str] 
         order = {e: i for i, e in enumerate(experiments)}
         rows.sort(key=lambda r: order[r["experiment"]])  # stable: submission order within an experiment
     return rows
+
+
+def named_row(every: list[dict[str, Any]], name: str, experiments: list[str] | None, run_root: Path
+              ) -> dict[str, Any]:
+    """The gather row ``--run name`` means (name, <exp>/<name> or run directory); a UserError otherwise."""
+    hits = [r for r in every if name in (r["run"], f"{r['experiment']}/{r['run']}", r["run_dir"])]
+    if not hits:
+        where = f" of {', '.join(experiments)}" if experiments else ""
+        known = ", ".join(r["run"] for r in every[-10:]) or "none"
+        raise UserError(f"--run {name}: no such run{where} under {run_root} (runs: {known})")
+    if len(hits) > 1:
+        matches = ", ".join(h["experiment"] + "/" + h["run"] for h in hits)
+        raise UserError(f"--run {name} matches several runs ({matches}); give <exp>/<run>")
+    return hits[0]
+
+
+def select_completed(run_root: Path, experiments: list[str] | None, names: list[str] | None
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--missing-ok``: of the runs named with ``--run``, those that completed (with a checkpoint) and those that
+    did not (missing), each in the order named. Without names: :func:`select_runs`, nothing missing."""
+    if not names:
+        return select_runs(run_root, experiments), []
+    every = gather.collect(run_root, experiments or None)
+    found: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    for name in names:
+        row = named_row(every, name, experiments, run_root)
+        if row not in found and row not in missing:
+            (found if row["state"] == "COMPLETED" and row["latest_checkpoint"] else missing).append(row)
+    if not found:
+        raise UserError(f"none of the {len(missing)} runs named with --run completed under {run_root} "
+                        f"({'; '.join(missing_lines(missing))}); `python -m launcher status` shows them")
+    return found, missing
+
+
+def missing_lines(missing: list[dict[str, Any]]) -> list[str]:
+    """``missing: <exp> seed N (<state>)`` for each run of a sweep that did not complete."""
+    why = {"COMPLETED": "COMPLETED, no checkpoint", "ENDED": "ENDED, never started or no record of its end"}
+    return [f"missing: {r['experiment']} seed {r['seed']} ({why.get(r['state'], r['state'])})" for r in missing]
 
 
 def _of(experiments: list[str] | None) -> str:
@@ -309,7 +341,7 @@ COLUMNS = [("RUN", "run"), ("EXP", "experiment"), ("WHERE", "where"), ("CHECKPOI
 
 def collect_submissions(run_root: Path, experiments: list[str] | None, names: list[str] | None, *,
                         photos: str | None, out_dir: Path, here: bool, on_cluster: bool, cluster: str,
-                        limit: int | None, batch_size: int, time_limit: str) -> int:
+                        limit: int | None, batch_size: int, time_limit: str, missing_ok: bool = False) -> int:
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
     if batch_size < 1:
@@ -317,7 +349,12 @@ def collect_submissions(run_root: Path, experiments: list[str] | None, names: li
     clusters.parse_time(time_limit)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (submissions go in as <exp>-<run>.zip)")
-    rows = select_runs(run_root, experiments, names)
+    if missing_ok:
+        rows, missing = select_completed(run_root, experiments, names)
+        for line in missing_lines(missing):
+            print(line, flush=True)
+    else:
+        rows = select_runs(run_root, experiments, names)
     if photos is not None:
         check_photos(photos)
         photos = os.path.abspath(os.path.expanduser(photos))  # a job's working directory may differ

@@ -151,8 +151,28 @@ def last_problem(run: Run) -> str | None:
 
 def collect(run_root: Path, experiments: list[str] | None = None) -> list[dict[str, Any]]:
     found = list(runs.iter_runs(run_root, experiments))
-    info = scheduler.states(found)
-    return [summarize(r, info.get(str(r.dir), {})) for r in found]
+    chained = [step["job_id"] for r in found for step in r.manifest.get("then", []) if step.get("job_id")]
+    info, steps = scheduler.states_and_jobs(found, chained)  # one squeue (+ at most one sacct) for everything
+    rows = [summarize(r, info.get(str(r.dir), {})) for r in found]
+    for row, run in zip(rows, found):
+        if run.manifest.get("then"):
+            row["then"] = [{**step, "state": steps.get(step["job_id"], {}).get("state", "UNKNOWN")}
+                           for step in run.manifest["then"]]
+    return rows
+
+
+def chain_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per ``--then`` chain of the rows shown: ``then: collect 125 (PENDING, after 123), report 126 ...``."""
+    from launcher.chain import describe_chain
+
+    seen, lines = set(), []
+    for row in rows:
+        chain = row.get("then")
+        key = tuple(step["job_id"] for step in chain or [])
+        if chain and key not in seen:
+            seen.add(key)
+            lines.append(describe_chain(chain, {step["job_id"]: step["state"] for step in chain}))
+    return lines
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -5,7 +5,9 @@ The table, grid and curves are ``cyclegan_dist.eval.report`` (``summarize`` + ``
 the runs (as ``collect`` does: COMPLETED runs, or those named with ``--run``), gives each its GPU-hours from the
 launcher's records (job wall time x GPUs over every attempt; x ranks for CPU runs), and appends the answer to
 the comparison: which experiment (generator) has the lower MiFID, with mean +- std over seeds per experiment
-(a ``Section``, which ``write_report`` puts in both documents). No torch at module level.
+(a ``Section``, which ``write_report`` puts in both documents). With ``--missing-ok`` (what ``submit --then``
+uses) the named runs that did not complete are left out and listed (``missing: <exp> seed N (<state>)``) in a
+section of their own. No torch at module level.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.eval.report_html import Section, Table, Text
-from launcher.collect import select_runs
+from launcher.collect import missing_lines, select_completed, select_runs
 
 
 def default_name(experiments: Sequence[str]) -> str:
@@ -113,8 +115,12 @@ def winner_section(summaries: Sequence[Any], order: Sequence[str]) -> tuple[list
 
 
 def make_report(run_root: Path, experiments: list[str] | None, names: list[str] | None, name: str | None,
-                out: Path) -> Path:
-    rows = select_runs(run_root, experiments, names)
+                out: Path, missing_ok: bool = False) -> Path:
+    missing: list[dict[str, Any]] = []
+    if missing_ok:  # runs of a sweep that did not complete: named in the report, not an error
+        rows, missing = select_completed(run_root, experiments, names)
+    else:
+        rows = select_runs(run_root, experiments, names)
     order = list(dict.fromkeys(experiments or [r["experiment"] for r in rows]))
     order = [e for e in order if any(r["experiment"] == e for r in rows)]
     name = name or default_name(order)
@@ -126,7 +132,15 @@ def make_report(run_root: Path, experiments: list[str] | None, names: list[str] 
     out_dir = out / name
     command = shlex.join(["python", "-m", "launcher", *sys.argv[1:]])
     section, verdict = winner_report(summaries, order)
+    sections = [section]
+    if missing:
+        sections.append(Section("Runs that did not complete", (
+            Text("Named for this report, left out of it: their jobs ended without completing "
+                 "(`python -m launcher status` and `logs` tell why; `resume` continues one)."),
+            *(Text(line) for line in missing_lines(missing)))))
     path = write_report(summaries, out_dir, title=f"CycleGAN experiments: {' vs '.join(order)}", command=command,
-                        sections=[section])
+                        sections=sections)
     print(verdict)
+    for line in missing_lines(missing):
+        print(line)
     return path

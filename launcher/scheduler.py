@@ -1,8 +1,10 @@
 """Job states from the scheduler (squeue while SLURM knows the job, then sacct; a pid for local jobs), cancel.
 
 States are SLURM's words (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...); a local job is
-RUNNING while its submitit controller process lives on this host. Anything unknown is left out: the caller
-then falls back on the run's own job-events.jsonl.
+RUNNING while its submitit controller process lives on this host. A SLURM job squeue no longer lists and sacct
+has no word about (no record, or no accounting: sacct fails) is ENDED; anything else unknown is left out. The
+caller then decides from the run's own job events (a ``completed`` event: COMPLETED). One squeue call per
+refresh (two when it refuses an id it no longer knows) and at most one sacct call, whatever the number of runs.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     parents = sorted({i.split("_")[0] for i in ids})
     text = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(parents)])
     if text is None:  # an id squeue no longer knows makes it fail: ask for everything and filter
-        text = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"]) or ""
-    for line in text.splitlines():
+        text = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
+    squeue_answered = text is not None
+    for line in (text or "").splitlines():
         parts = line.strip().split("|")
         if len(parts) == 3 and parts[0] in ids:
             out[parts[0]] = {"state": parts[1].split()[0], "source": "squeue", "reason": parts[2]}
@@ -57,6 +60,8 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
                 continue
             out[parts[0]] = {"state": parts[1].split()[0] if parts[1] else "UNKNOWN", "source": "sacct",
                              "elapsed_s": int(parts[2]) if parts[2].isdigit() else None, "exit_code": parts[5]}
+    if squeue_answered:  # not queued, not running, and sacct has no word (no record yet, or no accounting here)
+        out.update({i: {"state": "ENDED", "source": "squeue"} for i in ids if i not in out})
     return out
 
 
@@ -80,15 +85,23 @@ def local_state(run: Run) -> dict[str, Any] | None:
 
 def states(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """run dir -> scheduler info (possibly empty)."""
+    return states_and_jobs(runs)[0]
+
+
+def states_and_jobs(runs: list[Run], job_ids: Iterable[str] = ()) -> tuple[dict[str, dict[str, Any]],
+                                                                           dict[str, dict[str, Any]]]:
+    """run dir -> scheduler info, and SLURM job id -> info for ``job_ids`` (e.g. a sweep's ``--then`` jobs),
+    from one squeue call (two when it refuses an id it no longer knows) and at most one sacct call."""
     slurm_ids = [r.job_id for r in runs if r.executor == "slurm" and r.job_id]
-    slurm = slurm_states(slurm_ids) if slurm_ids else {}
+    extra = [str(i) for i in job_ids]
+    slurm = slurm_states(slurm_ids + extra) if slurm_ids or extra else {}
     out = {}
     for r in runs:
         if r.executor == "slurm":
             out[str(r.dir)] = slurm.get(r.job_id or "", {})
         else:
             out[str(r.dir)] = local_state(r) or {}
-    return out
+    return out, {i: slurm[i] for i in extra if i in slurm}
 
 
 def is_active(run: Run) -> bool:

@@ -1,11 +1,11 @@
 """The code a job runs: a snapshot of the packages taken at submission, so that editing the checkout (or
 upgrading the install) while a job waits in the queue or is requeued never changes the experiment.
 
-``take_snapshot(folder)`` copies ``cyclegan_dist/`` and ``launcher/`` (configs and profiles included: they are
-package data) from wherever this process imports them, a source checkout or a wheel's site-packages, into
-``folder/code/`` and records their commit and dirty flag. Jobs run with ``PYTHONPATH`` and their working
-directory set to that folder, so every attempt, requeues included, imports the same code. ``--no-snapshot``
-(development) runs the live code instead.
+``take_snapshot(folder)`` copies ``cyclegan_dist/`` and ``launcher/``, with the experiments and cluster profiles
+placed as a wheel has them (``cyclegan_dist/configs``, ``launcher/profiles``), from wherever this process imports
+them, a source checkout or a wheel's site-packages, into ``folder/code/`` and records their commit and dirty flag.
+Jobs run with ``PYTHONPATH`` and their working directory set to that folder, so every attempt, requeues included,
+imports the same code. ``--no-snapshot`` (development) runs the live code instead.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import cyclegan_dist
+from cyclegan_dist.config import shipped_configs
 from cyclegan_dist.rundir import atomic_write_json, read_json
+from launcher.clusters import shipped_profiles
 
 PACKAGES = ("cyclegan_dist", "launcher")
+SHIPPED = ("configs", "slurm/clusters")  # in a checkout: the experiments and cluster profiles beside the packages
 SNAPSHOT_FILE = "SNAPSHOT.json"
 
 
@@ -37,7 +40,7 @@ def git_info(path: Path) -> dict[str, Any]:
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *PACKAGES) if commit else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *PACKAGES, *SHIPPED) if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None, "repo": str(path),
             "version": cyclegan_dist.__version__}
 
@@ -48,6 +51,9 @@ def take_snapshot(folder: Path) -> dict[str, Any]:
     dest = folder / "code"
     for package in PACKAGES:
         shutil.copytree(source / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for shipped, inside in ((shipped_configs(), "cyclegan_dist/configs"), (shipped_profiles(), "launcher/profiles")):
+        if not (dest / inside).is_dir():  # a checkout keeps them at its top: in the snapshot they sit as in a wheel
+            shutil.copytree(shipped, dest / inside)
     info = {"path": str(dest), "source": str(source), **git_info(source)}
     atomic_write_json(dest / SNAPSHOT_FILE, info)
     return info

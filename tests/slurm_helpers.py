@@ -69,7 +69,7 @@ def squeue_state(job_id: str) -> str:
 
 def sacct_state(job_id: str) -> str:
     """The job's (or array task's) state in the accounting (COMPLETED, ...); "" before sacct has a record."""
-    lines = sh("sacct", "-n", "-X", "-P", "-j", job_id.split("_")[0], "-o", "JobID,State", check=False).split()
+    lines = sh("sacct", "-n", "-X", "-P", "-j", job_id.split("_")[0], "-o", "JobID,State", check=False).splitlines()
     return next((line.split("|")[1] for line in lines if line.split("|")[0] == job_id), "")
 
 

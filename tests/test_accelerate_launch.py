@@ -1,7 +1,7 @@
 """`accelerate launch --multi_gpu` / the DeepSpeed launch config, on 2 CPU ranks (world size checked).
 
 On a CPU-only machine `accelerate launch --cpu --num_processes 2` silently starts ONE process, so the tests
-use the GPU configs with ACCELERATE_USE_CPU=true (DDP on gloo), as documented in cyclegan_dist/configs/accelerate/.
+use the GPU configs with ACCELERATE_USE_CPU=true (DDP on gloo), as documented in configs/accelerate/.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ RUN = [*TINY, "train.steps=2", "train.log_every=1"]
 
 def accelerate_launch(config: str, run_dir, env: dict | None = None):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           f"cyclegan_dist/configs/accelerate/{config}",
+           f"configs/accelerate/{config}",
            "--num_processes", "2", "-m", "cyclegan_dist", "train", "--config", "smoke", "--run-dir", str(run_dir),
            "--set", *RUN]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=600)

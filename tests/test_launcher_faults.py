@@ -25,8 +25,8 @@ def test_a_requeued_job_runs_the_snapshot_not_the_edited_checkout(tmp_path, slur
     """Submitted from a checkout that is then edited (here: the training loop replaced by a crash) before the job is
     requeued: every attempt imports the snapshot taken at submission, and the manifest and each start event say so."""
     checkout = tmp_path / "checkout"
-    for package in ("cyclegan_dist", "launcher"):
-        shutil.copytree(ROOT / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("cyclegan_dist", "launcher", "configs", "slurm/clusters"):  # the packages and what they ship
+        shutil.copytree(ROOT / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
     work = tmp_path / "work"
     work.mkdir()
     out = launcher("submit", "--exp", "smoke", "--cluster", "testcluster", "--gpus", "2", "--name", "snap", "--set",

@@ -36,6 +36,16 @@ FORBIDDEN = {
 }
 
 
+# docs/architecture.md, "Outside the package": what launcher/ and benchmarks/ may take from the package
+LAUNCHER_MAY_IMPORT = (
+    "cyclegan_dist", "cyclegan_dist.errors", "cyclegan_dist.config", "cyclegan_dist.rundir", "cyclegan_dist.tables",
+    "cyclegan_dist.images", "cyclegan_dist.summary", "cyclegan_dist.entry", "cyclegan_dist.eval.export",
+    "cyclegan_dist.eval.report", "cyclegan_dist.eval.report_html", "cyclegan_dist.eval.model_card",
+    "cyclegan_dist.models.io", "cyclegan_dist.data.remote", "cyclegan_dist.data.demo", "cyclegan_dist.data",
+)
+BENCHMARKS_MAY_NOT_IMPORT = ("cyclegan_dist.cli", "launcher")
+
+
 def layer(module: str) -> int | None:
     best = None
     for prefix, value in LAYERS.items():
@@ -82,6 +92,36 @@ def test_each_layer_imports_only_from_below():
                 if (name == prefix or name.startswith(prefix + ".")) and imported.startswith(banned):
                     problems.append(f"{path.relative_to(ROOT)}:{line} ({name}) imports {imported}")
     assert not problems, "\n".join(problems)
+
+
+def outside_problems(folder: str) -> list[str]:
+    """Imports of the package by ``launcher/`` or ``benchmarks/`` that break the rule for that folder."""
+    problems = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for imported, line in imports(path):
+            where = f"{path.relative_to(ROOT)}:{line} imports {imported}"
+            if folder == "launcher" and imported.startswith("cyclegan_dist") and imported not in LAUNCHER_MAY_IMPORT:
+                problems.append(f"{where}: the launcher takes from the package only {', '.join(LAUNCHER_MAY_IMPORT)}")
+            if folder == "benchmarks" and imported.startswith(BENCHMARKS_MAY_NOT_IMPORT):
+                problems.append(f"{where}: benchmarks never import {' or '.join(BENCHMARKS_MAY_NOT_IMPORT)}")
+    return problems
+
+
+@pytest.mark.parametrize("folder", ["launcher", "benchmarks"])
+def test_launcher_and_benchmarks_keep_to_their_rule(folder):
+    problems = outside_problems(folder)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_outside_rule_catches_a_wrong_import(tmp_path, monkeypatch):
+    """Negative control: a launcher module importing training internals is reported."""
+    fake = tmp_path / "launcher"
+    fake.mkdir()
+    (fake / "bad.py").write_text("def f():\n    from cyclegan_dist.train.loop import train\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert outside_problems("launcher") == [
+        "launcher/bad.py:2 imports cyclegan_dist.train.loop: the launcher takes from the package only "
+        + ", ".join(LAUNCHER_MAY_IMPORT)]
 
 
 def test_the_checker_catches_a_wrong_import(tmp_path):

@@ -6,7 +6,6 @@ a warning, never a lost zip). No mocks."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,27 +24,14 @@ from cyclegan_dist.models import build_generator, count_parameters
 from cyclegan_dist.models.io import export_generator, load_generator
 from cyclegan_dist.rundir import RunDir
 
-from helpers import ROOT, require_extra, tiny_shard_root
+from helpers import TINY, job_env, launcher, require_extra, tiny_shard_root
 
 pytestmark = [pytest.mark.xdist_group("model_card")]  # one worker: the module's run is shared
 
 EXP, RUN = "unet-small", "mc"
-TINY = ["train.steps=4", "train.log_every=2", "model.ngf=8", "model.ndf=8", "eval.num_photos=8", "data.num_workers=0",
-        "train.sample_every=0", "wandb.mode=disabled", "data.domain_b=monet", "train.ema_decay=0.5"]
-
-
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    out.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
-                "CYCLEGAN_DIST_CACHE": out.get("CYCLEGAN_DIST_CACHE", str(ROOT / ".cache" / "test"))})
-    for key in ("CYCLEGAN_CLUSTER", "CYCLEGAN_RUN_ROOT"):
-        out.pop(key, None)
-    return out
-
-
-def launcher(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], check=False, capture_output=True, text=True,
-                          env=env(), cwd=cwd, timeout=timeout)
+RUN_SET = [*TINY, "train.steps=4", "train.log_every=2", "eval.num_photos=8", "data.domain_b=monet",
+           "train.ema_decay=0.5"]
+CPU = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("model-card")
     shards = tiny_shard_root(work / "shards")
     out = launcher("submit", "--exp", EXP, "--cluster", "local", "--gpus", "0", "--name", RUN,
-                   "--set", *TINY, f"data.root={shards}", cwd=work, timeout=600)
+                   "--set", *RUN_SET, f"data.root={shards}", cwd=work, env=CPU, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return work
 
@@ -69,7 +55,7 @@ def run_snippets(folder: Path, check: str) -> list[dict]:
     results = []
     for code in blocks:
         proc = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=folder,
-                              env=env(), timeout=300)
+                              env={**job_env(), **CPU}, timeout=300)
         assert proc.returncode == 0, code + proc.stderr[-3000:]
         results.append({"code": code, **json.loads(proc.stdout.strip().splitlines()[-1])})
     return results
@@ -96,7 +82,7 @@ def card(folder: Path) -> dict:
 
 
 def test_collect_writes_the_generator_and_its_card_beside_the_zip(work):
-    out = launcher("collect", "--run", RUN, "--here", "--limit", "4", "--out", "subs", cwd=work)
+    out = launcher("collect", "--run", RUN, "--here", "--limit", "4", "--out", "subs", cwd=work, env=CPU, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     subs = work / "subs"
     folder = subs / f"{EXP}-{RUN}.generator"
@@ -122,7 +108,7 @@ def test_collect_writes_the_generator_and_its_card_beside_the_zip(work):
     assert facts["evaluation"]["step"] == 4 and facts["evaluation"]["mifid"] == scored[-1]["eval/mifid"]
     assert facts["evaluation"]["fid"] == scored[-1]["eval/fid"] and facts["evaluation"]["n_generated"] == 8
 
-    status = json.loads(launcher("status", "--json", cwd=work).stdout)
+    status = json.loads(launcher("status", "--json", cwd=work, env=CPU, timeout=300).stdout)
     row = next(r for r in status if r["run"] == RUN)
     assert facts["compute"]["gpu_hours"] == pytest.approx(row["wall_time_s"] * row["world_size"] / 3600, rel=1e-3)
     assert facts["compute"]["how"].startswith("the launcher's job records")
@@ -143,7 +129,8 @@ def test_a_card_that_cannot_be_written_is_a_warning_and_the_zip_stays(work):
     subs = work / "blocked"
     subs.mkdir()
     (subs / f"{EXP}-{RUN}.generator").write_text("a file where the card's folder would go")
-    out = launcher("collect", "--run", RUN, "--here", "--limit", "4", "--out", "blocked", cwd=work)
+    out = launcher("collect", "--run", RUN, "--here", "--limit", "4", "--out", "blocked", cwd=work, env=CPU,
+                   timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"warning: {EXP}/{RUN}: model card not written in {subs / (EXP + '-' + RUN + '.generator')}: " \
            in out.stderr

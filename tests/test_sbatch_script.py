@@ -61,7 +61,7 @@ def test_a_profile_value_with_a_newline_is_refused(tmp_path, key, value):
     """A newline in a profile value would end its #SBATCH or shell line; the profile is refused, naming the key."""
     import yaml
 
-    profile = yaml.safe_load((ROOT / "launcher" / "profiles" / "testcluster.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "slurm" / "clusters" / "testcluster.yaml").read_text())
     profile[key] = value
     path = tmp_path / "mycluster.yaml"
     path.write_text(yaml.safe_dump(profile))

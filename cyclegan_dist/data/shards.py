@@ -114,26 +114,23 @@ def shard_list(root, index: dict, domain: str) -> list[dict]:
 def verify_shard(url: str, nsamples: int) -> None:
     """Check that a tar is complete: ``nsamples`` samples and no member cut short (truncated copy).
 
-    Walks the tar headers with wids' mmap reader (fast: headers only). A damaged tar is a UserError.
+    Walks the tar headers with the standard library's ``tarfile`` (headers only). A damaged tar is a UserError.
     """
-    from wids.wids import IndexedTarSamples
+    import tarfile
+
+    from cyclegan_dist.data.tar_samples import TarSamples
 
     why = None
-    with open(url, "rb") as stream:
-        try:
-            itf = IndexedTarSamples(path=url, stream=stream)
-        except Exception as e:  # struct.error / ValueError / UnicodeDecodeError from a cut or foreign file
-            why = f"unreadable tar ({type(e).__name__}: {e})"
-        else:
-            try:
-                mm = itf.reader.mmapped_file
-                cut = [n for n, off, size in itf.reader.by_index if off + 512 + size > len(mm)]
-                if cut:
-                    why = f"truncated: member {cut[0]} is cut short"
-                elif len(itf) != nsamples:
-                    why = f"has {len(itf)} samples, the index says {nsamples} (truncated or replaced)"
-            finally:
-                itf.close()
+    try:
+        samples = TarSamples(url)
+    except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError) as e:  # a cut or foreign file
+        why = f"unreadable tar ({type(e).__name__}: {e})"
+    else:
+        with samples:
+            if samples.cut:
+                why = f"truncated: member {samples.cut[0]} is cut short"
+            elif len(samples) != nsamples:
+                why = f"has {len(samples)} samples, the index says {nsamples} (truncated or replaced)"
     if why:
         raise UserError(f"shard {url} is damaged: {why}; {PREPARE_HINT} again with --overwrite")
 

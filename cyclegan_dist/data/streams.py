@@ -9,7 +9,7 @@ Why item k is a pure function of (seed, rank, k)
   (unpaired, resampled with replacement: the domains have very different sizes, 7,038 vs 300),
 * crop offsets and flip of each image from ``SeedSequence([seed, r, k, 0|1, AUG])``,
 
-and reads the two images by index through ``wids``' ``IndexedTarSamples`` (random access into the tars; raw
+and reads the two images by index through ``data.tar_samples.TarSamples`` (random access into the tars; raw
 PPM members need no decoding, JPEG ones are decoded by ``transforms.decode_chw``).
 Nothing depends on what was read before, so:
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tarfile
 from pathlib import Path
 from typing import Iterable
 
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cyclegan_dist.data.batches import TensorBatches, collate_arrays
 from cyclegan_dist.data.shards import PREPARE_HINT, read_index, shard_list, verify_shard
+from cyclegan_dist.data.tar_samples import TarSamples
 from cyclegan_dist.data.transforms import decode_chw, eval_image, train_crop
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import decode, iter_tar_samples, sample_image_bytes
@@ -56,8 +58,8 @@ def item_rng(*entropy: int) -> np.random.Generator:
 
 
 class ShardReader:
-    """Random access by global index into one domain's tars, through ``wids``' public ``IndexedTarSamples``
-    (an mmap and an index of the members per tar, opened on first use; no copies, no lock files)."""
+    """Random access by global index into one domain's tars (``TarSamples``: an index of the members per tar,
+    opened on first use, read with ``os.pread``; no lock files)."""
 
     def __init__(self, shards: list[dict]):
         self.urls = [s["url"] for s in shards]
@@ -67,11 +69,9 @@ class ShardReader:
     def __getitem__(self, index: int) -> dict:
         i = int(np.searchsorted(self.starts, index, side="right")) - 1
         if i not in self._open:
-            from wids.wids import IndexedTarSamples
-
             try:
-                self._open[i] = IndexedTarSamples(path=self.urls[i])
-            except Exception as e:  # noqa: BLE001 - a damaged tar: struct/ValueError/UnicodeDecodeError
+                self._open[i] = TarSamples(self.urls[i])
+            except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError) as e:  # a damaged tar
                 raise UserError(f"cannot open shard {self.urls[i]} ({type(e).__name__}: {e}); {PREPARE_HINT}") from None
         sample = dict(self._open[i][int(index - self.starts[i])])
         sample["__shard__"] = self.urls[i]

@@ -158,7 +158,6 @@ class ResnetGenerator(nn.Module):
     upsamplings, c7s1-output_nc, Tanh. Output size equals input size when both sides are multiples of 4.
     """
 
-    size_multiple = 4
     n_downsampling = 2
 
     def __init__(
@@ -289,7 +288,6 @@ class UnetGenerator(nn.Module):
         super().__init__()
         if num_downs < 5:
             raise UserError(f"a U-Net needs num_downs >= 5, got {num_downs}")
-        self.size_multiple = 2**num_downs
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm, innermost=True)
         for _ in range(num_downs - 5):
             block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm, submodule=block, use_dropout=use_dropout)

@@ -2,9 +2,8 @@
 
 torch's default is the number of physical cores of the machine, whatever the process was given and whatever else
 runs there. OpenMP's threads wait for each other at every op, so a thread that shares its core loses far more
-than it adds (``python -m benchmarks.threads``, benchmarks/RESULTS.md: on a quiet 2-core machine 2 threads are
-1.3-1.9x faster than 1; with two busy processes beside them, 1.5-6x slower). So unless the user set
-``OMP_NUM_THREADS`` (SLURM jobs get it from ``SLURM_CPUS_PER_TASK`` through the launcher; torchrun sets it to 1), a
+than it adds (``python -m benchmarks.threads``; figures in benchmarks/RESULTS.md, session 6). So unless the user
+set ``OMP_NUM_THREADS`` (SLURM jobs get it from ``SLURM_CPUS_PER_TASK`` through the launcher; torchrun sets it to 1), a
 CPU rank uses the CPUs of its affinity mask, capped by the cgroup quota, divided among the ranks of this machine;
 and when the process may run on every CPU of the machine (nothing reserved for it), the ones that the 1-minute load
 average says are busy are left out. Decided once, at start; at least one thread. A resumed run uses the count its

@@ -56,14 +56,15 @@ class DataSetup:
         return float(psnr(torch.cat(outs), target))
 
 
-def setup_data(data: DataConfig, *, batch_size: int, seed: int, rank: int) -> DataSetup:
+def setup_data(data: DataConfig, *, batch_size: int, seed: int, rank: int, local: Path | None = None) -> DataSetup:
+    """The run's data; ``local``: where a remote ``data.root`` was already fetched on this node."""
     if data.root is None:
         root = demo.demo_root(data)
         domain_a, domain_b = DEMO_DOMAINS
         x, target = demo.demo_eval_pairs(root, size=data.crop_size)
         eval_pairs, psnr_identity = (x, target), float(psnr(x, target))
     else:
-        root, domain_a, domain_b = remote.readable_root(data), data.domain_a, data.domain_b
+        root, domain_a, domain_b = local or remote.readable_root(data), data.domain_a, data.domain_b
         eval_pairs, psnr_identity = None, None
     dataset = UnpairedShardDataset(root, domain_a, domain_b, load_size=data.load_size, crop_size=data.crop_size,
                                    flip=data.flip, seed=seed, rank=rank)

@@ -20,6 +20,7 @@ import torch
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.augment import DiffAugment
 from cyclegan_dist.config import Config
+from cyclegan_dist.data import remote
 from cyclegan_dist.data.transforms import normalize
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.rundir import EMA_FILES, GENERATOR_FILES, RunDir, step_dir_name
@@ -47,8 +48,11 @@ class Session:
         self.tracker: Tracker | None = None
         self.progress = Progress(0, config.train.steps, enabled=False)
         t = config.train
+        # A remote root is fetched by every rank before any collective: the first rank of each node downloads, the
+        # others wait on the cache's file lock (a barrier could time out during a long download).
+        local = remote.readable_root(config.data) if remote.is_remote(config.data.root) else None
         with rt.main_process_first():  # rank 0 builds the demo data set once; the others then read it
-            self.data = setup_data(config.data, batch_size=t.batch_size, seed=config.seed, rank=rt.rank)
+            self.data = setup_data(config.data, batch_size=t.batch_size, seed=config.seed, rank=rt.rank, local=local)
         nets = build_networks(config.model, t, pool_size=config.loss.pool_size, seed=config.seed, rank=rt.rank,
                               world=rt.world, device_type=rt.device.type)
         self.base_lr, self.memory = nets.base_lr, nets.memory_format

@@ -10,7 +10,7 @@ import torch
 class Window:
     """Loss sums of the current logging period. On a GPU they stay on the device (one stack and one add per step,
     no host sync until the period ends); on the CPU, where reading a value costs nothing (there is no queue to
-    drain), they are summed as Python floats (~0.3 us per term instead of ~15 us for the two ops)."""
+    drain), they are summed as Python floats (cheaper than the two ops: benchmarks/RESULTS.md, "Loss sums")."""
 
     def __init__(self, device: torch.device) -> None:
         self.on_host = device.type == "cpu"
