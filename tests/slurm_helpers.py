@@ -52,9 +52,11 @@ def sh(*args: str, check: bool = True, timeout: int = 60) -> str:
 # ---- a job, as the scheduler sees it
 
 
-def squeue_ids() -> set[str]:
-    """Every job and array task squeue knows (``123``, ``124_0``, ...)."""
-    return set(sh("squeue", "-h", "-r", "-o", "%i").split())
+def squeue_ids(under: Path | None = None) -> set[str]:
+    """Every job and array task squeue knows (``123``, ``124_0``, ...); with ``under``, only those whose working
+    directory lies there (other tests' jobs may be queued meanwhile)."""
+    rows = [line.split("|", 1) for line in sh("squeue", "-h", "-r", "-o", "%i|%Z").splitlines() if "|" in line]
+    return {job for job, workdir in rows if under is None or Path(workdir).is_relative_to(under)}
 
 
 def job_ended(job_id: str) -> bool:

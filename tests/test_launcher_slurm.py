@@ -104,14 +104,14 @@ def test_bad_inputs_queue_nothing(jobs, tmp_path):
         # valid arithmetic, but one node more than the test cluster has: sbatch itself refuses, nothing is queued
         (["--exp", "smoke", "--gpus", str(2 * (len(slurm_nodes(ready_only=False)) + 1))], {}, "sbatch refused the job"),
     ]
-    before = squeue_ids()
+    before = squeue_ids(tmp_path)
     root = tmp_path / "runs"
     for args, env, message in cases:
         args = args if "--cluster" in args else [*args, "--cluster", "testcluster"]
         out = launcher("submit", "--run-root", str(root), *args, "--set", *SHORT, cwd=tmp_path, env=env)
         assert out.returncode == 2, f"{args}: {out.stdout}{out.stderr}"
         assert out.stderr.startswith("error: ") and message in out.stderr and "Traceback" not in out.stderr, out.stderr
-    assert not squeue_ids() - before, "a bad input queued a job"
+    assert not squeue_ids(tmp_path) - before, "a bad input queued a job"
     assert not list(root.glob("*/*/manifest.json")), "a bad input left a run behind"
 
 

@@ -21,7 +21,8 @@ from launcher.runs import read_manifest
 
 from helpers import TINY, launcher, wait_for
 
-pytestmark = [pytest.mark.xdist_group("slurm")]  # one xdist worker runs every SLURM test
+# Its sweeps fill both nodes: it runs on the worker of the multinode tests, which need both nodes free.
+pytestmark = [pytest.mark.xdist_group("multinode")]
 RUN = [*TINY, "train.steps=2", "eval.at_end=false"]
 EXPS = ("resnet9-small", "unet-small")
 SEEDS = (0, 1)
