@@ -10,9 +10,11 @@ Several nodes (one process group across them):
 
 - ``MASTER_ADDR`` is the job's first node (SLURM's node name, where rank 0 runs); every node must resolve it
   to an address the others reach (the cluster's DNS or /etc/hosts; never ``localhost``).
-- ``MASTER_PORT`` comes from the numeric SLURM job id (:func:`master_port`): the same on every task and across
-  requeues of a job, different for jobs running at the same time (array tasks included, each has its own
-  SLURM_JOB_ID). submitit's own choice, ``random.Random(job_id)``, can give two running jobs the same port.
+- ``MASTER_PORT`` comes from the numeric SLURM job id, or a local job's controller pid (:func:`master_port`): the
+  same on every task and across requeues of a job, different for jobs running at the same time (array tasks
+  included, each has its own SLURM_JOB_ID), and below Linux's ephemeral range. submitit's own choice,
+  ``random.Random(job_id)`` over 20000-60000, can give two running jobs the same port, or one an outgoing
+  connection holds (EADDRINUSE).
   ``CYCLEGAN_MASTER_PORT`` overrides it (e.g. where only some ports are open between nodes).
 - gloo binds each rank's sockets to the address its hostname resolves to. Where the hostname resolves to a
   loopback address (a common /etc/hosts line) that would be unreachable from the other nodes, so in a
@@ -63,6 +65,8 @@ def export_torch_env() -> dict[str, str]:
         os.environ["MASTER_PORT"] = str(int(os.environ["CYCLEGAN_MASTER_PORT"]))
     elif in_slurm_step() and os.environ["SLURM_JOB_ID"].isdigit():
         os.environ["MASTER_PORT"] = str(master_port(os.environ["SLURM_JOB_ID"]))
+    elif os.environ.get("SUBMITIT_LOCAL_JOB_ID", "").isdigit():  # the local controller's pid: the same rule
+        os.environ["MASTER_PORT"] = str(master_port(os.environ["SUBMITIT_LOCAL_JOB_ID"]))
     devices = select_device(os.environ.get("CUDA_VISIBLE_DEVICES"), dist.local_rank, dist.local_world_size)
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
