@@ -1,5 +1,6 @@
 """A profile + resources -> a submitit executor: SlurmExecutor (sbatch + srun, one task per GPU, USR2 before the
-time limit, ``--requeue``) or LocalExecutor (this machine: one process per GPU or CPU rank)."""
+time limit, ``--requeue``, the recovery lines of ``launcher/recovery.py`` around srun) or LocalExecutor (this
+machine: one process per GPU or CPU rank)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,17 @@ def make_executor(profile: Profile, resources: Resources, folder: Path, job_name
     from submitit.slurm.slurm import SlurmExecutor
 
     executor = SlurmExecutor(folder, max_num_timeout=profile.max_requeues)
-    executor.update_parameters(**slurm_parameters(profile, resources, job_name, time_min=minutes, partition=partition,
-                                                  lines=lines, workdir=workdir))
+    executor.update_parameters(**with_recovery(slurm_parameters(profile, resources, job_name, time_min=minutes,
+                                                                partition=partition, lines=lines, workdir=workdir),
+                                               folder))
     return executor
+
+
+def with_recovery(params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A training job's parameters plus the recovery lines around its srun (``launcher/recovery.py``)."""
+    from launcher.recovery import setup_lines, teardown_lines
+
+    return {**params, "setup": [*params["setup"], *setup_lines(folder)], "teardown": teardown_lines(folder)}
 
 
 def slurm_parameters(profile: Profile, resources: Resources, job_name: str, *, time_min: int,

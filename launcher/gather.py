@@ -138,7 +138,10 @@ def step_rate(records: list[dict[str, Any]], window: int = 4) -> float | None:
 
 def last_problem(run: Run) -> str | None:
     """The run's newest warning or failure, as one line: what said it, and what."""
-    for event in reversed(run.events()):
+    events = run.events()
+    for event in reversed(events):
+        if event.get("event") in ("resubmitted", "not_resubmitted", "node_failed"):
+            return recovery_line(event, events)
         if event.get("event") == "warning":
             return f"{event.get('service')}: {event.get('message')}"
         if event.get("event") == "failed":
@@ -147,6 +150,20 @@ def last_problem(run: Run) -> str | None:
         if event.get("event") == "cancelled":
             return f"cancelled at step {event.get('step')}, checkpoint {Path(event.get('checkpoint') or '-').name}"
     return None
+
+
+def recovery_line(event: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """``node cg-node2 failed (attempt 1): job 57 --exclude=cg-node2`` (launcher/recovery.py's events)."""
+    failed = [e.get("node") for e in events
+              if e.get("event") == "node_failed" and e.get("job_id") == event.get("job_id")]
+    what = f"node {','.join(map(str, failed))} failed" if failed else "requeue without scontrol"
+    head = f"{what} (attempt {event.get('attempt')})"
+    if event["event"] == "resubmitted":
+        exclude = ",".join(event.get("exclude") or [])
+        return f"{head}: job {event.get('job')}" + (f" --exclude={exclude}" if exclude else "")
+    if event["event"] == "not_resubmitted":
+        return f"{head}: not resubmitted ({event.get('reason')})"
+    return head
 
 
 def collect(run_root: Path, experiments: list[str] | None = None) -> list[dict[str, Any]]:

@@ -10,10 +10,13 @@ that handler on every rank with one that only calls ``request_stop()``:
    (``scancel --signal=USR2 JOB``); on the local executor submitit's controller sends it before its timeout.
 2. The loop agrees across ranks at the next step (all-reduce), writes a complete checkpoint from every rank,
    and ``entry.run`` returns ``status == "stopped"`` on every rank after a final barrier.
-3. Only then rank 0 requeues through submitit's job environment (``scontrol requeue`` on SLURM, exit code 144
-   for the local controller), unless the job was requeued ``max_requeues`` times already (SLURM_RESTART_COUNT),
-   and exits. The requeued job resumes from the newest complete checkpoint and the same W&B run
-   (``resume="auto"``). Nothing races the save: the requeue happens after the checkpoint is complete.
+3. Only then rank 0 requeues as submitit's job environments do (``scontrol requeue JOB`` on SLURM, exit code
+   144 for the local controller; ``submitit_adapter.requeue``), unless the run was requeued ``max_requeues`` times
+   already (SLURM_RESTART_COUNT plus the jobs resubmitted for it), and exits. The requeued job resumes from the
+   newest complete checkpoint and the same W&B run (``resume="auto"``). Nothing races the save: the requeue
+   happens after the checkpoint is complete. No ``scontrol`` in the tasks' PATH (a container): rank 0 records
+   ``requeue_wanted``, leaves a marker and exits 1; the job's batch script then requeues it or queues a new job
+   for the run (``launcher/recovery.py``).
 
 SIGTERM alone (``scancel``, ``scontrol requeue``, SLURM's own preemption, the hard time limit) also asks for a
 checkpoint but never requeues: SLURM decides what happens next. SIGTERM followed by USR2 (submitit's model of a
@@ -38,8 +41,9 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from cyclegan_dist.rundir import RunDir
 from launcher import runs
 from launcher.distenv import export_torch_env
+from launcher.recovery import FOLDER_ENV, want_requeue
 from launcher.snapshot import running_code
-from launcher.submitit_adapter import requeue
+from launcher.submitit_adapter import can_requeue, requeue
 
 
 class TrainJob(Checkpointable):
@@ -80,10 +84,13 @@ class StopSignals:
 
 
 def restart_count(run_dir: Path, job_id: str) -> int:
-    """Requeues of this job so far: SLURM_RESTART_COUNT, else the requeues recorded for this job id."""
+    """Requeues of this run so far: SLURM_RESTART_COUNT (else the requeues recorded for this job id) plus the jobs
+    resubmitted for the run after a lost node or a requeue without scontrol (``launcher/recovery.py``)."""
+    events = RunDir(run_dir).events()
+    resubmitted = sum(1 for e in events if e.get("event") == "resubmitted")
     if "SLURM_RESTART_COUNT" in os.environ:
-        return int(os.environ["SLURM_RESTART_COUNT"] or 0)
-    return sum(1 for e in RunDir(run_dir).events() if e.get("event") == "requeued" and e.get("job_id") == job_id)
+        return int(os.environ["SLURM_RESTART_COUNT"] or 0) + resubmitted
+    return sum(1 for e in events if e.get("event") == "requeued" and e.get("job_id") == job_id) + resubmitted
 
 
 def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: int) -> dict[str, Any]:
@@ -114,7 +121,8 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
             runs.append_event(run_dir, name, job_id=job_id, restart_count=restarts, world_size=world, rank=rank,
                               host=socket.gethostname(), **fields)
 
-    event("start", master=f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}", code=running_code())
+    event("start", master=f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}", code=running_code(),
+          nodes=os.environ.get("SLURM_JOB_NODELIST"))
     try:
         result = run(cfg, run_dir=run_dir, resume="auto", run_name=run_name)
     except BaseException as exc:  # every rank says why it ended: the one that died first names the cause
@@ -139,6 +147,17 @@ def run_job(config: dict[str, Any], run_dir: Path, run_name: str, max_requeues: 
         event("refused", step=result.get("step"), reason=f"requeued {restarts} times (max_requeues {max_requeues})")
         raise _uncompleted(f"stopped at step {result.get('step')} after {restarts} requeues (max_requeues "
                            f"{max_requeues}); continue with: python -m launcher resume {run_dir}")
+    if not can_requeue() and not os.environ.get(FOLDER_ENV):  # a plain sbatch script (job_main): nobody after srun
+        event("refused", step=result.get("step"), reason="no scontrol in the job's PATH")
+        raise _uncompleted(f"stopped at step {result.get('step')}; no scontrol to requeue the job; continue with: "
+                           f"python -m launcher resume {run_dir}")
+    if not can_requeue():  # no scontrol: the batch script requeues or resubmits after srun (launcher/recovery.py)
+        event("requeue_wanted", step=result.get("step"), checkpoint=result.get("checkpoint"),
+              reason="no scontrol in the job's PATH")
+        want_requeue(run_dir, job_id, step=result.get("step"), checkpoint=result.get("checkpoint"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     event("requeued", step=result.get("step"), checkpoint=result.get("checkpoint"))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -129,9 +129,10 @@ def plan(args) -> Plan:
                 snapshot=not getattr(args, "no_snapshot", False))
 
 
-def plan_resume(args, run_root: Path) -> Plan:
+def plan_resume(args, run_root: Path, from_job: bool = False) -> Plan:
     """Another job for an existing run (stopped after its requeues, failed, cancelled): same run directory,
-    same config (plus ``--set``), so training continues from its newest complete checkpoint and W&B run."""
+    same config (plus ``--set``), so training continues from its newest complete checkpoint and W&B run.
+    ``from_job``: asked by the run's own job, which is still running (``launcher/recovery.py``)."""
     import tempfile
 
     import yaml
@@ -141,7 +142,7 @@ def plan_resume(args, run_root: Path) -> Plan:
 
     run = runs.find_run(run_root, args.run)
     state = gather.run_state(scheduler.states([run]).get(str(run.dir), {}), run.job_events())
-    if state in scheduler.ACTIVE:
+    if state in scheduler.ACTIVE and not from_job:
         raise UserError(f"run {run.name} is {state} (job {run.job_id}); cancel it first or wait for it to end")
     old = run.manifest
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,12 +244,13 @@ def sbatch_preview(p: Plan) -> str | None:
     """The batch script submitit would write for this plan (SLURM profiles only)."""
     if p.profile.executor != "slurm":
         return None
-    from launcher.executors import job_setup_lines, slurm_parameters
+    from launcher.executors import job_setup_lines, slurm_parameters, with_recovery
     from launcher.submitit_adapter import sbatch_script
 
     code = str(p.folder / "code") if p.snapshot else live_code()["path"]
     params = slurm_parameters(p.profile, p.resources, p.job_name, time_min=p.time_min, partition=p.partition,
                               lines=job_setup_lines(p.profile, job_env(code)), workdir=code if p.snapshot else None)
+    params = with_recovery(params, p.folder)
     if len(p.runs) > 1:
         params["map_count"] = len(p.runs)  # a job array: submitit writes --array=0-(N-1)
     return sbatch_script(p.folder, params, sys.executable)

@@ -2,8 +2,10 @@
 
 * :func:`requeue`: submitit requeues a job only from inside its own USR2 handler, which calls the job's
   ``checkpoint()`` in the signal handler itself; our ranks must first agree on a step and write a checkpoint
-  together, so rank 0 requeues afterwards through the job environment's ``_requeue`` (``scontrol requeue`` on
-  SLURM, exit code 144 for the local controller). There is no public call for it (submitit 1.5).
+  together, so rank 0 requeues afterwards itself, as submitit's job environments do: ``scontrol requeue JOB``
+  on SLURM (JOB as submitit names it: ``<array job>_<task>`` for an array task), exit code 144 (submitit's
+  ``LOCAL_REQUEUE_RETURN_CODE``) for the local controller. No scontrol in the job's PATH (a container):
+  :class:`NoScontrol`, and the caller asks for a resubmission instead (``launcher/recovery.py``).
 * :func:`terminate_local` / :func:`wait_local`: a LocalExecutor job exposes no public way to signal or wait for
   its controller process (``job._process``), which a Ctrl-C in ``launcher submit`` needs.
 * :func:`submission_env`: submitit's public ``clean_env`` plus the job's own variables.
@@ -18,10 +20,41 @@ import os
 from typing import Any
 
 
-def requeue(remaining: int) -> None:
-    from submitit import JobEnvironment
+class NoScontrol(RuntimeError):
+    """The job cannot requeue itself: no ``scontrol`` in its PATH."""
 
-    JobEnvironment()._requeue(remaining)
+
+def requeue(remaining: int) -> None:
+    """Requeue the running job (``remaining``: requeues left after this one, for the log line)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+        print(f"requeue: exit {LOCAL_REQUEUE_RETURN_CODE} for the local controller ({remaining} requeues left)",
+              flush=True)
+        sys.exit(LOCAL_REQUEUE_RETURN_CODE)
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        raise NoScontrol("no scontrol in the job's PATH")
+    job = slurm_job_id()
+    subprocess.check_call([scontrol, "requeue", job], timeout=60)
+    print(f"requeue: scontrol requeue {job} ({remaining} requeues left)", flush=True)
+
+
+def can_requeue() -> bool:
+    """The job can requeue itself: the local controller, or scontrol in the PATH."""
+    import shutil
+
+    return os.environ.get("SUBMITIT_EXECUTOR") == "local" or shutil.which("scontrol") is not None
+
+
+def slurm_job_id() -> str:
+    """The running job as submitit and scontrol name it: ``<array job>_<task>`` for an array task."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
 
 
 def terminate_local(job: Any) -> None:
