@@ -47,8 +47,11 @@ def cluster():
 
 
 def test_sinfo_shows_node_with_two_gpus(cluster):
-    rows = [line.split("|") for line in run("sinfo", "-h", "-N", "-o", "%N|%T|%c|%G").stdout.split()]
-    assert rows, "sinfo lists no node"
+    def ready_rows():  # a node another test has taken down (state with a '*': not responding) comes back first
+        rows = [line.split("|") for line in run("sinfo", "-h", "-N", "-o", "%N|%T|%c|%G").stdout.split()]
+        return rows if rows and not any(r[1].endswith("*") for r in rows) else None
+
+    rows = wait_for(ready_rows, "every node to respond (sinfo lists them)", 300, 1.0)
     names = [r[0] for r in rows]
     # start.sh: one node "localhost", or (--nodes N) N nodes PREFIX-node1..N, each in its own network namespace
     assert names == ["localhost"] or (len(names) >= 2 and all(re.fullmatch(r"[a-z0-9]+-node\d+", n) for n in names)
