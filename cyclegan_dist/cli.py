@@ -18,12 +18,15 @@ import json
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 from cyclegan_dist.data.shards import SHARD_FORMATS
 from cyclegan_dist.errors import UserError
 
+CHECKPOINT_SOURCES = ("--checkpoint is a run directory (its best checkpoint, else the newest), a checkpoint directory, "
+                      "an exported generator directory, a .safetensors file, or a junyanz .pth file.")
 USER_HELP = ("Train CycleGAN photo->painting models and turn them into Kaggle submissions. A mistake in the input "
              "prints one line (error: ...) and exits 2. Cluster jobs: python -m launcher --help.")
 
@@ -139,8 +142,7 @@ def add_export(sub) -> None:
         "export", help="translate photos with a trained generator into a Kaggle images.zip",
         description="Translate every photo with a generator (reference test mode: bicubic resize to 256x256) into "
                     "256x256 RGB JPEGs, flat, in a zip that replaces --out only once complete and valid. "
-                    "--checkpoint is a run directory (its best checkpoint, else the newest), a checkpoint directory, "
-                    "an exported generator directory, a .safetensors file, or a junyanz .pth file.")
+                    + CHECKPOINT_SOURCES)
     p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_RUN_DIR", help="where the generator comes from")
     p.add_argument("--photos", metavar="SOURCE", help="photos: a directory, a .zip, or WebDataset shards (a .tar, a "
                    "glob such as 'shards/photo-*.tar', or a directory holding only the photo shards)")
@@ -252,10 +254,9 @@ written); 2 a mistake in the command (missing checkpoint, no images in --in, --o
 def add_translate(sub) -> None:
     p = sub.add_parser(
         "translate", help="translate photos of any size (a folder, zip, glob or one file) into images, names kept",
-        description="Translate every image of --in with a trained generator and write the results under --out\n"
-                    "with the same names (and sub-folders). --checkpoint is a run directory (its best checkpoint,\n"
-                    "else the newest), a checkpoint directory, an exported generator directory, a .safetensors\n"
-                    "file, or a junyanz .pth file; a run's EMA weights are used when it has them.",
+        description=textwrap.fill("Translate every image of --in with a trained generator and write the results "
+                                  "under --out with the same names (and sub-folders). " + CHECKPOINT_SOURCES
+                                  + " A run's EMA weights are used when it has them.", 100),
         epilog=TRANSLATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_RUN_DIR", help="where the generator comes from")
     p.add_argument("--in", dest="src", required=True, metavar="SRC",

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from slurm_helpers import sh
+from slurm_helpers import require_slurm, sh, skip_or_fail_slurm
 
 ROOT = Path(__file__).resolve().parent.parent
 START = ROOT / "slurm" / "testcluster" / "start.sh"
@@ -114,3 +114,15 @@ def revive_nodes(count: int) -> float:
                           timeout=300)
     assert proc.returncode == 0, f"start.sh --nodes {count} failed:\n{proc.stdout}\n{proc.stderr}"
     return time.monotonic() - t0
+
+
+def two_nodes(request) -> list[str]:
+    """The body of a module's ``nodes`` fixture: the running test SLURM's nodes, at least two of them (else a skip,
+    or a failure under CYCLEGAN_REQUIRE_SLURM=1)."""
+    require_slurm()
+    request.getfixturevalue("slurm_cluster")
+    found = slurm_nodes()
+    if len(found) < 2:
+        skip_or_fail_slurm(f"the test SLURM has {len(found)} usable node(s) ({', '.join(found) or 'none'}); these "
+                           "tests need 2: bash slurm/testcluster/start.sh --nodes 2")
+    return found

@@ -27,16 +27,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_nodes import established, kill_node, node_state, our_namespace, revive_nodes, slurm_nodes
+from cluster_nodes import established, kill_node, node_state, our_namespace, revive_nodes, slurm_nodes, two_nodes
 from slurm_helpers import (
     job_ended,
     job_events,
     job_nodes,
     last_step,
     logs_of,
-    require_slurm,
     sh,
-    skip_or_fail_slurm,
     squeue_state,
     task_log,
     task_pids,
@@ -92,13 +90,7 @@ def distenv_lines(m: dict, world: int) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def nodes(request) -> list[str]:
-    require_slurm()
-    request.getfixturevalue("slurm_cluster")
-    found = slurm_nodes()
-    if len(found) < 2:
-        skip_or_fail_slurm(f"the test SLURM has {len(found)} usable node(s) ({', '.join(found) or 'none'}); the "
-                           "multi-node tests need 2: bash slurm/testcluster/start.sh --nodes 2")
-    return found
+    return two_nodes(request)
 
 
 @pytest.fixture(scope="module")

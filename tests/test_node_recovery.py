@@ -19,14 +19,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cluster_nodes import kill_node, our_namespace, revive_nodes, slurm_nodes
+from cluster_nodes import kill_node, our_namespace, revive_nodes, slurm_nodes, two_nodes
 from slurm_helpers import (
     job_ended,
     job_nodes,
     last_step,
-    require_slurm,
     sh,
-    skip_or_fail_slurm,
     wait_done,
 )
 
@@ -100,13 +98,7 @@ def test_status_names_the_failed_node_and_the_attempt():
 
 @pytest.fixture(scope="module")
 def nodes(request) -> list[str]:
-    require_slurm()
-    request.getfixturevalue("slurm_cluster")
-    found = slurm_nodes()
-    if len(found) < 2:
-        skip_or_fail_slurm(f"the test SLURM has {len(found)} usable node(s); these tests need 2: "
-                           "bash slurm/testcluster/start.sh --nodes 2")
-    return found
+    return two_nodes(request)
 
 
 @pytest.fixture(scope="module")
