@@ -47,7 +47,7 @@ HEADERS = ["arm", "us/step", "range", "beyond bare-step"]
 
 def tiny_pairs(model_config, seed: int):
     """Generators and discriminators of one 1x1 convolution each (what ``build_pairs`` returns, in miniature)."""
-    from cyclegan_dist.train.modules import DiscriminatorPair, GeneratorPair
+    from cyclegan_dist.train.build import DiscriminatorPair, GeneratorPair
 
     torch.manual_seed(seed)
 
@@ -59,16 +59,15 @@ def tiny_pairs(model_config, seed: int):
 
 @contextmanager
 def tiny_networks():
-    """The loop (through ``train/build.py``) and the bare arm (through ``train/modules.py``) build tiny pairs."""
+    """The loop and the bare arm (both through ``train/build.py``) build tiny pairs."""
     import cyclegan_dist.train.build as build
-    import cyclegan_dist.train.modules as modules
 
-    saved = build.build_pairs, modules.build_pairs
-    build.build_pairs = modules.build_pairs = tiny_pairs
+    saved = build.build_pairs
+    build.build_pairs = tiny_pairs
     try:
         yield
     finally:
-        build.build_pairs, modules.build_pairs = saved
+        build.build_pairs = saved
 
 
 def logging_steps(start: int, end: int, log_every: int) -> list[bool]:
@@ -90,8 +89,8 @@ def guard_cost(models: list[str], device, reps: int) -> list[dict]:
     """The non-finite guard's time per training step (its G and D checks) on real networks' parameters, with
     random gradients: the part of the loop's cost that grows with the model."""
     from cyclegan_dist.config import load_config
+    from cyclegan_dist.train.build import build_pairs
     from cyclegan_dist.train.guard import nonfinite
-    from cyclegan_dist.train.modules import build_pairs
 
     rows = []
     for name in models:

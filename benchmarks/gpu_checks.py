@@ -49,8 +49,8 @@ def _built(*overrides: str):
     from accelerate.state import AcceleratorState
 
     from cyclegan_dist.train.build import build_networks
-    from cyclegan_dist.train.parts import prepare_step
     from cyclegan_dist.train.runtime import Runtime
+    from cyclegan_dist.train.step import prepare_step
 
     AcceleratorState._reset_state(True)
     config = _config(*overrides)

@@ -15,7 +15,7 @@ Three arms, the same config, models, seed and data loader (``setup_data(config).
 
 What is timed, honestly: the loop's own per-step time in steady state, from the entry of step ``warmup`` to the
 entry of step ``warmup + window`` (a multiple of the logging period, so the window holds exactly
-window/log_every logging events). Entries are recorded by a wrapper around ``train.parts.train_step`` (the loop itself
+window/log_every logging events). Entries are recorded by a wrapper around ``train.step.train_step`` (the loop itself
 is not modified). Start-up (Accelerator, data workers, the demo PSNR evaluation) and the final checkpoint lie
 outside the window. Two ways to interleave the arms (``--mode``):
 
@@ -53,6 +53,9 @@ from benchmarks.common import (
     parse_with_quick,
     sync,
 )
+
+# imported once: the loop's step is patched during a run (``_train_with``), the bare arms keep the original
+from cyclegan_dist.train.step import StepParts, train_step
 
 
 class StepClock:
@@ -94,22 +97,22 @@ def _train_with(config, scratch: Path, step_hook) -> None:
     """The real training loop (unmodified) with ``train_step`` replaced by ``step_hook`` for the run, in a
     throw-away run directory. ``step_hook`` calls the original step itself."""
     import cyclegan_dist.train.loop as loop
-    import cyclegan_dist.train.parts as parts_module
+    import cyclegan_dist.train.step as step_module
 
-    original = parts_module.train_step
+    original = step_module.train_step
     run_dir = Path(tempfile.mkdtemp(prefix="ours-", dir=scratch))
-    parts_module.train_step = step_hook
+    step_module.train_step = step_hook
     try:
         loop.train(config, run_dir, resume="never")
     finally:
-        parts_module.train_step = original
+        step_module.train_step = original
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_ours(config, clock: StepClock, scratch: Path) -> float:
-    import cyclegan_dist.train.parts as parts_module
+    import cyclegan_dist.train.step as step_module
 
-    original = parts_module.train_step
+    original = step_module.train_step
 
     def clocked(parts, real_A, real_B):
         clock.tick()
@@ -165,9 +168,7 @@ def make_ref_step(config):
 
 def make_our_bare_step(config):
     from cyclegan_dist.image_pool import ImagePool
-    from cyclegan_dist.train.build import adam
-    from cyclegan_dist.train.modules import build_pairs
-    from cyclegan_dist.train.step import StepParts, train_step
+    from cyclegan_dist.train.build import adam, build_pairs
 
     def make(device):
         t = config.train
@@ -194,7 +195,6 @@ BARE = {"bare-ref": make_ref_step, "bare-step": make_our_bare_step}
 
 def shared_bare_step(parts):
     """Lockstep's bare-step: our ``train_step`` on ours' own modules, optimizers and pools, called plainly."""
-    from cyclegan_dist.train.step import StepParts, train_step
 
     plain = StepParts(parts.generators, parts.discriminators, parts.discriminators_plain,
                       getattr(parts.opt_G, "optimizer", parts.opt_G), getattr(parts.opt_D, "optimizer", parts.opt_D),
@@ -226,14 +226,14 @@ def run_lockstep(config, names: list[str], start: int, end: int, device, scratch
     (order rotating), timed on its own. Our iteration i = entry(i+1) - entry(i) -
     the bare steps inside it. Arms alternate every few milliseconds, so bursts of load from other processes hit
     all alike. Returns the per-step times of every arm (seconds)."""
-    import cyclegan_dist.train.parts as parts_module
+    import cyclegan_dist.train.step as step_module
 
     offsets = {n: 10**6 * (k + 1) for k, n in enumerate(names)}
     bare = {n: BareArm(config, device, BARE[n](config), offsets[n]) for n in names if n != "bare-step"}
     ours: list[float] = []
     spent: dict[str, list[float]] = {n: [] for n in names}
     state = {"i": 0, "entry": None, "embedded": 0.0}
-    original = parts_module.train_step
+    original = step_module.train_step
 
     def clocked(parts, real_A, real_B):
         if "bare-step" in names and "bare-step" not in bare:  # at ours' first step, outside the window

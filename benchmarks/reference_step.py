@@ -169,7 +169,7 @@ class ReferenceCycleGAN:
 def build_reference(config: Config, device) -> ReferenceCycleGAN:
     """The reference model for ``config``: the same four networks as ``build_pairs(config.model, config.seed)``
     (so the same initial weights), fp32, contiguous, with the reference's loss weights."""
-    from cyclegan_dist.train.modules import build_pairs
+    from cyclegan_dist.train.build import build_pairs
 
     loss, t = config.loss, config.train
     if loss.d_loss_weight != 0.5:

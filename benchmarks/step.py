@@ -135,8 +135,8 @@ def build_ours(config) -> Ours:
     """Everything ``cyclegan_dist.train.loop.train`` does before its first step that matters for speed,
     in the same order (fresh run: no resume, one process or one rank)."""
     from cyclegan_dist.train.build import build_networks
-    from cyclegan_dist.train.parts import prepare_step
     from cyclegan_dist.train.runtime import Runtime
+    from cyclegan_dist.train.step import prepare_step
 
     t = config.train
     rt = Runtime(t)
@@ -164,7 +164,7 @@ def count_step_flops(config, batch: int, size: int) -> int | None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from cyclegan_dist.image_pool import ImagePool
-    from cyclegan_dist.train.modules import build_pairs
+    from cyclegan_dist.train.build import build_pairs
     from cyclegan_dist.train.step import StepParts, train_step
 
     try:
@@ -193,7 +193,7 @@ def channels_last_gradient_error(config, device, batch: int, size: int) -> tuple
     gradient is channels_last (error ~1); this shows whether a device has that problem.
     """
     from cyclegan_dist.image_pool import ImagePool
-    from cyclegan_dist.train.modules import build_pairs
+    from cyclegan_dist.train.build import build_pairs
     from cyclegan_dist.train.step import StepParts, train_step
 
     g = torch.Generator().manual_seed(99)

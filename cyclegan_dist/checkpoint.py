@@ -68,88 +68,121 @@ def save_checkpoint(run: RunDir, step: int, *, rank: int, world_size: int, run_i
     (``G_A.safetensors`` ...) to weights, written by rank 0. ``gather`` (default: torch.distributed's
     ``all_gather_object`` when initialised) tells every rank how the others fared. A failure on any rank is raised
     on every rank, after the partial checkpoint is removed; no space left is a :class:`UserError`."""
-    gather = gather or all_gather
-    root = run.checkpoints
-    final, tmp = root / step_dir_name(step), root / f".tmp-{step_dir_name(step)}"
-    sizes = {"rank": _tensor_bytes(rank_state), "shared": 0}
+    save = _Save(run, step, rank, barrier, gather or all_gather, rank_bytes=_tensor_bytes(rank_state))
+    save.together(save.make_tmp if rank == 0 else None)
+    reports = save.together(lambda: save.verify(save.write(rank_state, shared_state, generators, config_yaml)))
+    digests = {name: digest for r in reports for name, digest in (r["value"] or {}).items()}
 
-    def make() -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-
-    def write(doing: list[str]) -> dict[str, tuple[str, int]]:
-        doing[0] = rank_file(rank)
-        _save(rank_state, tmp / rank_file(rank))
-        if rank == 0:
-            doing[0] = STATE
-            shared = shared_state()
-            sizes["shared"] = _tensor_bytes(shared) + _tensor_bytes(generators or {})
-            _save(shared, tmp / STATE)
-            del shared
-            for name, weights in (generators or {}).items():
-                doing[0] = name
-                save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / name))
-                fsync_file(tmp / name)
-            if config_yaml is not None:
-                doing[0] = CONFIG
-                atomic_write(tmp / CONFIG, config_yaml)
-        doing[0] = f"the sha256 of {rank_file(rank)}"
-        mine = [rank_file(rank)] + ([p.name for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")
-                                     and not p.name.startswith("rank-")] if rank == 0 else [])
-        return {name: (file_sha256(tmp / name), (tmp / name).stat().st_size) for name in mine}  # read back
-
-    def publish(doing: list[str], digests: dict[str, tuple[str, int]]) -> None:
-        doing[0] = DIGESTS
-        record = {"sha256": {n: d for n, (d, _) in sorted(digests.items())},
-                  "bytes": {n: b for n, (_, b) in sorted(digests.items())}}
-        atomic_write(tmp / DIGESTS, json.dumps(record, indent=1) + "\n")
-        doing[0] = COMPLETE
-        atomic_write(tmp / COMPLETE, json.dumps({"step": step, "world_size": world_size, "run_id": run_id,
-                                                 "time": time.time()}))
-        doing[0] = f"the rename to {final.name}"
-        if final.exists():  # the same step saved again (e.g. the final step after a stop): replace it
-            old = root / f".old-{final.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(final)
-        fsync_dir(root)
-        doing[0] = "checkpoints/latest"
-        run.write_latest(final.name)
+    def publish_and_prune() -> None:
+        save.publish(digests, world_size, run_id)
         prune(run, keep_last, run_id, protect)
 
-    def phase(action: Callable[[list[str]], Any] | None) -> tuple[list[dict[str, Any]], Any]:
-        """Run ``action`` here, then learn how every rank fared; raise on every rank if one failed."""
-        doing, value, error, report = [""], None, None, None
+    save.together(publish_and_prune if rank == 0 else None)
+    return save.final
+
+
+class _Save:
+    """One rank's part of one :func:`save_checkpoint`, step by step: make ``.tmp-step-N/`` (rank 0), write this
+    rank's files, verify them (read back their sha256), publish (rank 0: digests, marker, rename, ``latest``).
+    :meth:`together` runs each step and tells every rank how the others fared."""
+
+    def __init__(self, run: RunDir, step: int, rank: int, barrier: Callable[[], None],
+                 gather: Callable[[Any], list[Any]], rank_bytes: int) -> None:
+        self.run, self.step, self.rank, self.barrier, self.gather = run, step, rank, barrier, gather
+        self.root = run.checkpoints
+        self.final, self.tmp = self.root / step_dir_name(step), self.root / f".tmp-{step_dir_name(step)}"
+        self.doing = ""  # what this rank is writing: named when it fails
+        self.bytes = rank_bytes  # the tensors this rank writes: the size estimate when no checkpoint can be measured
+
+    def make_tmp(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+
+    def write(self, rank_state: dict[str, Any], shared_state: Callable[[], dict[str, Any]] | None,
+              generators: dict[str, dict[str, torch.Tensor]] | None, config_yaml: str | None) -> list[str]:
+        """Write and fsync this rank's ``rank-R.pt`` (rank 0: also ``state.pt``, the generators and
+        ``config.yaml``); returns the names written."""
+        names = [rank_file(self.rank)]
+        self.doing = names[0]
+        _save(rank_state, self.tmp / names[0])
+        if self.rank != 0:
+            return names
+        self.doing = STATE
+        shared = shared_state()
+        self.bytes += _tensor_bytes(shared) + _tensor_bytes(generators or {})
+        _save(shared, self.tmp / STATE)
+        del shared
+        names.append(STATE)
+        for name, weights in (generators or {}).items():
+            self.doing = name
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(self.tmp / name))
+            fsync_file(self.tmp / name)
+            names.append(name)
+        if config_yaml is not None:
+            self.doing = CONFIG
+            atomic_write(self.tmp / CONFIG, config_yaml)
+            names.append(CONFIG)
+        return names
+
+    def verify(self, names: list[str]) -> dict[str, tuple[str, int]]:
+        """Read the files back from the disk: name -> (sha256, bytes), for ``digests.json``."""
+        digests = {}
+        for name in names:
+            self.doing = f"the sha256 of {name}"
+            digests[name] = (file_sha256(self.tmp / name), (self.tmp / name).stat().st_size)
+        return digests
+
+    def publish(self, digests: dict[str, tuple[str, int]], world_size: int, run_id: str) -> None:
+        """``digests.json``, then the ``complete`` marker (both atomically), the rename to ``step-N/`` (replacing a
+        step saved again), an fsync of ``checkpoints/``, ``latest``."""
+        self.doing = DIGESTS
+        record = {"sha256": {n: d for n, (d, _) in sorted(digests.items())},
+                  "bytes": {n: b for n, (_, b) in sorted(digests.items())}}
+        atomic_write(self.tmp / DIGESTS, json.dumps(record, indent=1) + "\n")
+        self.doing = COMPLETE
+        atomic_write(self.tmp / COMPLETE, json.dumps({"step": self.step, "world_size": world_size, "run_id": run_id,
+                                                      "time": time.time()}))
+        self.doing = f"the rename to {self.final.name}"
+        if self.final.exists():  # the same step saved again (e.g. the final step after a stop): replace it
+            old = self.root / f".old-{self.final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            self.final.rename(old)
+            shutil.rmtree(old)
+        self.tmp.rename(self.final)
+        fsync_dir(self.root)
+        self.doing = "checkpoints/latest"
+        self.run.write_latest(self.final.name)
+
+    def together(self, action: Callable[[], Any] | None) -> list[dict[str, Any]]:
+        """Run ``action`` here (None: nothing to do on this rank), then learn how every rank fared (a gather; each
+        report's ``value`` is what its action returned). If one failed, the partial checkpoint is removed and every
+        rank raises: a UserError when a device is full, else the rank's own error or a RuntimeError naming the
+        rank that failed."""
+        self.doing, value, error, report = "", None, None, None
         if action is not None:
             try:
-                value = action(doing)
+                value = action()
             except Exception as exc:  # noqa: BLE001 - reported to every rank, then raised again below
                 error = exc
-                no_space = is_no_space(exc, tmp if tmp.exists() else root)
-                report = {"rank": rank, "file": doing[0], "no_space": bool(no_space),
+                no_space = is_no_space(exc, self.tmp if self.tmp.exists() else self.root)
+                report = {"rank": self.rank, "file": self.doing, "no_space": bool(no_space),
                           "error": _first_line(no_space if isinstance(no_space, BaseException) else exc)}
-        reports = gather({"rank": rank, "failed": report, "bytes": sizes["rank"] + sizes["shared"],
-                          "value": value if error is None else None})
+        reports = self.gather({"rank": self.rank, "failed": report, "bytes": self.bytes,
+                               "value": value if error is None else None})
         failed = [r["failed"] for r in reports if r["failed"]]
         if not failed:
-            return reports, value
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written remains
-        barrier()
+            return reports
+        if self.rank == 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # nothing half-written remains
+        self.barrier()
         if any(f["no_space"] for f in failed):
-            raise UserError(_no_space_message(run, step, failed, sum(r["bytes"] for r in reports))) from error
+            message = _no_space_message(self.run, self.step, failed, sum(r["bytes"] for r in reports))
+            raise UserError(message) from error
         if error is not None:
             raise error
-        raise RuntimeError(f"checkpoint {final.name} was not written: on rank {failed[0]['rank']}, writing "
+        raise RuntimeError(f"checkpoint {self.final.name} was not written: on rank {failed[0]['rank']}, writing "
                            f"{failed[0]['file']} failed ({failed[0]['error']})")
-
-    phase((lambda doing: make()) if rank == 0 else None)
-    reports, _ = phase(write)
-    digests = {name: digest for r in reports for name, digest in (r["value"] or {}).items()}
-    phase((lambda doing: publish(doing, digests)) if rank == 0 else None)
-    return final
 
 
 def all_gather(obj: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""``launcher submit --then collect,report``: the steps that finish a sweep by themselves.
+"""``launcher submit --then collect,report`` (or ``resume RUN --then ...``): the steps that finish a sweep by
+themselves.
 
 On SLURM each step is a small CPU-only job (1 task, a few CPUs, a short time limit, the profile's partition)
 queued at submission with ``--dependency=afterany:<ids>``: ``collect`` after every training job of the sweep
@@ -7,12 +8,23 @@ has ended (a failed seed does not block the others), ``report`` after ``collect`
 ``--missing-ok``: runs that did not complete are left out and named (``missing: <exp> seed N (<state>)``).
 Each run's manifest gets ``then`` (the steps' job ids) and its events a ``chained`` event, so ``status`` shows
 them. On the local executor the steps run here, in order, after the foreground training has ended.
+
+A training job that is resubmitted (``launcher/recovery.py``: a lost node, or a requeue without scontrol) gets a new
+job id; :func:`follow_resubmission` then moves the steps that waited on the old job onto the new one too
+(``scontrol update JobId=<step> Dependency=<what it still waits on>,afterany:<new>``) before the old job ends, so
+``collect`` cannot start while the new job trains. Each move is an event of the run (``chain_moved``); a step that
+could not be moved (no scontrol on the batch host, the step no longer pending) is a ``chain_not_moved`` event that
+says what to run by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,3 +159,109 @@ def outputs_dir() -> Path:
     """Where a chain writes submissions/ and reports/: the directory ``submit`` ran in (absolute: a job's
     working directory is the code snapshot)."""
     return Path(os.getcwd()).absolute()
+
+
+# ------------------------------------------------------------------------------ a resubmitted training job
+
+
+MOVED_EVENT, NOT_MOVED_EVENT = "chain_moved", "chain_not_moved"
+
+
+def waiting_on(chain: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
+    """The steps of ``chain`` that wait on the training job ``job_id`` (``123``, or the array task ``123_4``: a
+    step waits on the whole array ``123``)."""
+    base = str(job_id).split("_")[0]
+    return [step for step in chain if base in step.get("after", []) or str(job_id) in step.get("after", [])]
+
+
+def pending_dependencies(job_ids: list[str]) -> dict[str, list[str]] | None:
+    """Step job id -> what it still waits on (``afterany:123_*``, ...; squeue drops what is fulfilled), for those
+    still PENDING, from one squeue call; None when squeue does not answer."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-o", "%i|%T|%E", "-j", ",".join(job_ids)], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0 and not proc.stdout.strip():
+        # squeue refuses a list holding an id it no longer knows: those steps have left the queue
+        return {} if "Invalid job id" in proc.stderr else None
+    out = {}
+    for line in proc.stdout.splitlines():
+        job, state, deps = (line.split("|", 2) + ["", ""])[:3]
+        if state.strip() == "PENDING" and job.strip() in job_ids:
+            entries = [re.sub(r"\(.*\)$", "", d.strip()) for d in deps.split(",")]
+            out[job.strip()] = [d for d in entries if d and d != "(null)"]
+    return out
+
+
+def follow_resubmission(run_dir: Path, old_job: str, new_job: str) -> list[dict[str, Any]]:
+    """The run's training job ``old_job`` was resubmitted as ``new_job``: its ``--then`` steps that wait on the old
+    job wait on the new one too (``scontrol update``), while the old job still runs (its end would release them).
+    Records ``chain_moved`` / ``chain_not_moved`` events and the steps' new ``after`` in the manifests of the
+    sweep's runs. Returns the events written ([] when the run has no chain, or none of it waits on ``old_job``)."""
+    manifest = runs.read_manifest(run_dir)
+    chain = manifest.get("then") or []
+    steps = waiting_on(chain, old_job)
+    if not steps:
+        return []
+    ids = [step["job_id"] for step in steps]
+    scontrol = shutil.which("scontrol")
+    hint = " then ".join(f"`python -m launcher {shlex.join(s['argv'])}`" for s in chain if s.get("argv"))
+    hint = f"{hint or 'the steps by hand'} once job {new_job} has ended"
+    if scontrol is None:
+        return [_not_moved(run_dir, ids, old_job, new_job, f"no scontrol on the batch host: the step(s) may start "
+                                                           f"as soon as job {old_job} ends; run {hint}")]
+    pending = pending_dependencies(ids)
+    if pending is None:
+        return [_not_moved(run_dir, ids, old_job, new_job, f"squeue did not answer; run {hint}")]
+    written = []
+    for step in steps:
+        sid = step["job_id"]
+        if sid not in pending:
+            written.append(_not_moved(run_dir, [sid], old_job, new_job, f"{step['step']} job {sid} is no longer "
+                                                                         f"pending; run {hint}"))
+            continue
+        dependency = ",".join([*pending[sid], f"afterany:{new_job}"])
+        refused = _update_dependency(scontrol, sid, dependency)
+        if refused:
+            written.append(_not_moved(run_dir, [sid], old_job, new_job, f"scontrol update failed: {refused}; "
+                                                                         f"run {hint}"))
+            continue
+        step["after"] = [*step.get("after", []), str(new_job)]
+        written.append(runs.append_event(run_dir, MOVED_EVENT, step=step["step"], job=sid, old_job=old_job,
+                                         new_job=str(new_job), dependency=dependency))
+    if any(e["event"] == MOVED_EVENT for e in written):
+        _record_after(run_dir, manifest, chain)
+    return written
+
+
+def _update_dependency(scontrol: str, job_id: str, dependency: str) -> str | None:
+    """``scontrol update JobId=.. Dependency=..``: None when done, else why not (one line)."""
+    try:
+        proc = subprocess.run([scontrol, "update", f"JobId={job_id}", f"Dependency={dependency}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def _not_moved(run_dir: Path, ids: list[str], old_job: str, new_job: str, reason: str) -> dict[str, Any]:
+    print(f"chain: step job(s) {','.join(ids)} still wait on job {old_job}, not on {new_job}: {reason}", flush=True)
+    return runs.append_event(run_dir, NOT_MOVED_EVENT, jobs=ids, old_job=old_job, new_job=str(new_job),
+                                             reason=reason)
+
+
+def _record_after(run_dir: Path, manifest: dict[str, Any], chain: list[dict[str, Any]]) -> None:
+    """The chain's new ``after`` in this run's manifest and in every run of the sweep that carries the same chain
+    (``status`` shows it from any of them)."""
+    ids = [step["job_id"] for step in chain]
+    manifest["then"] = chain
+    runs.write_manifest(run_dir, manifest)
+    root = Path(manifest.get("run_root") or run_dir.parent.parent)
+    for other in runs.iter_runs(root):
+        if other.dir != run_dir and [s.get("job_id") for s in other.manifest.get("then") or []] == ids:
+            other.manifest["then"] = chain
+            runs.write_manifest(other.dir, other.manifest)

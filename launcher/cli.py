@@ -237,18 +237,22 @@ def add_submit(sub) -> None:
                    help="experiments (configs/*.yaml stems, e.g. resnet9,unet) or YAML paths")
     p.add_argument("--seeds", action="append", metavar="S[,S...]", help="seeds (default: the config's seed)")
     p.add_argument("--name", help="run name (a prefix within a sweep); default <exp>-s<seed>-<timestamp>")
-    p.add_argument("--then", action="append", metavar="STEP[,STEP...]",
-                   help="collect,report: queue these steps after the training (SLURM: CPU jobs with "
-                   "--dependency=afterany on the training jobs; local: here, after the training) for the runs of "
-                   "this submission; outputs in ./submissions and ./reports/<sweep name>")
-    p.add_argument("--then-limit", type=int, metavar="N", help="--then collect: only the first N photos (a test)")
+    _then(p, "the runs of this submission; outputs in ./submissions and ./reports/<sweep name>")
     _resources(p)
 
 
 def add_resume(sub) -> None:
     p = sub.add_parser("resume", help="a new job for a stopped/failed/cancelled run: continues its checkpoints")
     p.add_argument("run", metavar="RUN")
+    _then(p, "this run; outputs in ./submissions and ./reports/<run name>")
     _resources(p)
+
+
+def _then(p, which: str) -> None:
+    p.add_argument("--then", action="append", metavar="STEP[,STEP...]",
+                   help="collect,report: queue these steps after the training (SLURM: CPU jobs with "
+                   f"--dependency=afterany on the training jobs; local: here, after the training) for {which}")
+    p.add_argument("--then-limit", type=int, metavar="N", help="--then collect: only the first N photos (a test)")
 
 
 def add_status(sub) -> None:

@@ -18,6 +18,10 @@ every SLURM training job's script, around the ``srun`` of the tasks:
   (``<submitit folder>/requeue-<SLURM_JOB_ID>.json``). ``requeue-wanted`` then runs ``scontrol requeue`` if the
   batch host has it, else queues a new job for the run (no exclusion: the node is fine).
 
+Either resubmission moves the run's ``--then`` steps (collect, report) that waited on the old job onto the new one
+(``launcher/chain.py: follow_resubmission``, ``scontrol update ... Dependency=``) while the old job still runs;
+without scontrol on the batch host they stay where they were and a ``chain_not_moved`` event says so.
+
 A job that ends because of a Python error leaves no marker and no NODE_FAIL: nothing is resubmitted.
 """
 
@@ -155,8 +159,22 @@ def resubmit(run_dir: Path, exclude: list[str]) -> str:
         submitted, jobs = submit.submit(plan)
     new = runs.read_manifest(run_dir)
     new["exclude"] = list(exclude)
+    if manifest.get("then"):  # the run's --then steps: follow_chain moves them onto the new job
+        new["then"] = manifest["then"]
     runs.write_manifest(run_dir, new)
     return str(jobs[0].job_id)
+
+
+def follow_chain(run_dir: Path, old_job: str, new_job: str) -> None:
+    """The run's ``--then`` steps wait on the new job too (``launcher/chain.py``); never fails the caller: the new
+    job is queued either way, and what was not moved is an event that says what to run by hand."""
+    from launcher import chain
+
+    try:
+        chain.follow_resubmission(run_dir, old_job, new_job)
+    except Exception as exc:  # noqa: BLE001 - the resubmission stands; say what is left to do
+        runs.append_event(run_dir, chain.NOT_MOVED_EVENT, old_job=old_job, new_job=new_job,
+                          reason=f"{type(exc).__name__}: {exc}"[:1000])
 
 
 class _cwd:
@@ -214,6 +232,7 @@ def cmd_restarted(folder: Path) -> int:
     new = resubmit(run_dir, exclude)
     runs.append_event(run_dir, "resubmitted", job=new, exclude=exclude, attempt=attempt, job_id=job_id,
                       reason="node_failed")
+    follow_chain(run_dir, job_id, new)
     print(f"recovery: node(s) {','.join(failed)} failed; resubmitted as job {new} --exclude={','.join(exclude)}",
           flush=True)
     return RESUBMITTED_EXIT
@@ -241,6 +260,7 @@ def cmd_requeue_wanted(marker: Path) -> int:
         raise
     runs.append_event(run_dir, "resubmitted", job=new, exclude=exclude, attempt=attempt_of(events) + 1,
                       job_id=wanted["job_id"], reason="requeue_wanted")
+    follow_chain(run_dir, wanted["job_id"], new)
     print(f"recovery: no scontrol; resubmitted the run as job {new}", flush=True)
     return 0
 

@@ -143,8 +143,9 @@ def who() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ job events
 
 
-def append_event(run_dir: Path, event: str, **fields: Any) -> None:
-    RunDir(run_dir).append_event(event, **fields)
+def append_event(run_dir: Path, event: str, **fields: Any) -> dict[str, Any]:
+    """Append one event to the run's events.jsonl; the record written (with its time)."""
+    return RunDir(run_dir).append_event(event, **fields)
 
 
 def requeue_count(events: list[dict[str, Any]]) -> int:

@@ -92,6 +92,24 @@ def host_veth(node: str) -> str | None:
     return None
 
 
+def bridge_address(nodes: list[str]) -> str | None:
+    """The root namespace's address on the bridge that the nodes' veths are joined to (``start.sh``'s
+    ``<prefix>-br``, e.g. 10.199.0.1): the one address of this machine every node reaches, and nothing outside.
+    None unless every node is a namespace of slurm/testcluster on one bridge with an IPv4 address."""
+    bridges = set()
+    for node in nodes:
+        veth = host_veth(node) if our_namespace(node) else None
+        found = re.search(r" master (\S+) ", sh("ip", "-o", "link", "show", veth, check=False)) if veth else None
+        if not found:
+            return None
+        bridges.add(found.group(1))
+    if len(bridges) != 1:
+        return None
+    found = re.search(r" inet (\d+\.\d+\.\d+\.\d+)/", sh("ip", "-o", "-4", "addr", "show", "dev", bridges.pop(),
+                                                          check=False))
+    return found.group(1) if found else None
+
+
 def kill_node(node: str) -> list[int]:
     """A node dies: its link goes down first (nothing it sends gets out, as with a power loss: no FIN/RST to the
     other node's ranks), then every process on it (slurmd, slurmstepd, the tasks) gets SIGKILL. The pids killed."""

@@ -75,6 +75,20 @@ def sacct_state(job_id: str) -> str:
     return next((line.split("|")[1] for line in lines if line.split("|")[0] == job_id), "")
 
 
+def accounting(job_id: str) -> list[tuple[str, str, str, str]]:
+    """(JobID, Start, End, State) of the job or of every task of the array, from sacct (ISO times: they sort as
+    text; ``Unknown`` / ``None`` while not started or not ended)."""
+    text = sh("sacct", "-n", "-P", "-X", "-o", "JobID,Start,End,State", "-j", job_id)
+    return [tuple(line.split("|")) for line in text.splitlines() if line.strip()]
+
+
+def wait_recorded_end(job_id: str, what: str, timeout: float = JOB_TIMEOUT) -> str:
+    """Until the job has left the queue and sacct records how it ended; that state (COMPLETED, FAILED, ...)."""
+    wait_for(lambda: job_ended(job_id) and sacct_state(job_id) not in ("", "PENDING", "RUNNING", "REQUEUED"),
+             f"{what} (job {job_id}) to end", timeout, interval=1)
+    return sacct_state(job_id)
+
+
 def job_nodes(job_id: str) -> list[str]:
     """The nodes a running job holds, in SLURM's order; [] when it holds none."""
     nodelist = sh("squeue", "-h", "-j", job_id, "-o", "%N", check=False).strip()

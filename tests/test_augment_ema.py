@@ -16,8 +16,8 @@ from cyclegan_dist.data.demo import ensure_demo_shards
 from cyclegan_dist.data.styles import colour, strokes
 from cyclegan_dist.image_pool import ImagePool
 from cyclegan_dist.images import ImageSource
+from cyclegan_dist.train.build import build_pairs
 from cyclegan_dist.train.ema import GeneratorEMA
-from cyclegan_dist.train.modules import build_pairs
 from cyclegan_dist.train.step import StepParts, train_step
 
 from helpers import TINY, latest_checkpoint, result_json, run_cli

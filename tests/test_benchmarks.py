@@ -109,7 +109,7 @@ def test_step_flops_match_the_analytic_count(generator):
     no gradient)."""
     from benchmarks.step import count_step_flops
     from cyclegan_dist.config import load_config
-    from cyclegan_dist.train.modules import build_pairs
+    from cyclegan_dist.train.build import build_pairs
 
     size, batch = 128, 2
     config = load_config("smoke", [f"model.generator={generator}", "model.ngf=8", "model.ndf=8",
@@ -153,7 +153,7 @@ def test_fixed_cost_quick(tmp_path):
     data = json.loads((tmp_path / "fixed.json").read_text())
     assert len(data["fixed_cost_reps_us"]) == 2 and data["guard"][0]["model"] == "unet_32"
     from cyclegan_dist.config import load_config
-    from cyclegan_dist.train.modules import build_pairs
+    from cyclegan_dist.train.build import build_pairs
 
     gens, discs = build_pairs(load_config("base", ["model.generator=unet_32"]).model, 0)
     assert data["guard"][0]["tensors"] == len([*gens.parameters(), *discs.parameters()])

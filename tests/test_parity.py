@@ -26,7 +26,7 @@ import math
 import pytest
 import torch
 
-from cyclegan_dist.train.modules import build_pairs
+from cyclegan_dist.train.build import build_pairs
 
 from helpers import TINY, read_metrics, run_torchrun
 from workers.common import dead_biases, relative_distance, tiny_config

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from cyclegan_dist.config import load_config
+from cyclegan_dist.train.build import build_pairs
 from cyclegan_dist.train.guard import MIN_LOSS_SCALE
-from cyclegan_dist.train.modules import build_pairs
 
 from helpers import TINY, loss_records, read_metrics, result_json, run_cli
 from workers.common import (

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from slurm_helpers import NEEDS_SLURM, job_ended, sacct_state, sh, squeue_state
+from slurm_helpers import NEEDS_SLURM, accounting, sacct_state, sh, squeue_state, wait_done, wait_recorded_end
 
 from launcher.runs import read_manifest
 
@@ -56,16 +56,8 @@ def sweeps(slurm_cluster, tmp_path_factory):
     wait_for(lambda: squeue_state(killed) == "RUNNING", f"array task {killed} to start", CHAIN_TIMEOUT)
     sh("scancel", killed)  # while it trains: SLURM records it CANCELLED (a task cancelled while pending has no record)
     for sweep in (ok, bad):
-        wait_for(lambda s=sweep: job_ended(s["report"]) and sacct_state(s["report"]) not in ("", "PENDING",
-                                                                                              "RUNNING"),
-                 f"the report job {sweep['report']} of sweep {sweep['name']} to end", CHAIN_TIMEOUT, interval=1)
+        wait_recorded_end(sweep["report"], f"the report job of sweep {sweep['name']}", CHAIN_TIMEOUT)
     return {"work": work, "ok": ok, "bad": bad, "killed": killed, "status": status}
-
-
-def accounting(job_id: str) -> list[tuple[str, str, str, str]]:
-    """(JobID, Start, End, State) of the job or of every task of the array, from sacct."""
-    text = sh("sacct", "-n", "-P", "-X", "-o", "JobID,Start,End,State", "-j", job_id)
-    return [tuple(line.split("|")) for line in text.splitlines() if line.strip()]
 
 
 def check_order(sweep: dict) -> None:
@@ -123,6 +115,35 @@ def test_a_cancelled_seed_does_not_block_the_report(sweeps):
     assert not any(line.startswith(f"| {lost.name} ") for line in text.splitlines())  # not in the runs table
     assert all(any(line.startswith(f"| {d.name} ") for line in text.splitlines())
                for key, d in bad["runs"].items() if key != ("resnet9-small", 1))
+
+
+@NEEDS_SLURM
+def test_resume_then_queues_the_steps_after_the_new_job(slurm_cluster, tmp_path):
+    """``launcher resume RUN --then collect,report``: the steps wait on the resumed job (not on the first one)."""
+    out = launcher("submit", "--exp", "resnet9-small", "--gpus", "1", "--cluster", "testcluster", "--name", "res",
+                   "--set", *RUN, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_dir = tmp_path / "runs" / "resnet9-small" / "res"
+    first = wait_done(run_dir, CHAIN_TIMEOUT)["job"]["id"]
+    out = launcher("resume", "res", "--cluster", "testcluster", "--then", "collect,report", "--then-limit", "2",
+                   "--set", "train.steps=4", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    new = read_manifest(run_dir)["job"]["id"]
+    chain = re.search(r"^then: collect (\d+) \(queued, after (\d+)\), report (\d+) \(queued, after (\d+)\)$",
+                      out.stdout, re.M)
+    assert chain and new != first, out.stdout
+    collect, after, report, after_collect = chain.groups()
+    assert after == new and after_collect == collect
+    assert [(s["step"], s["job_id"]) for s in read_manifest(run_dir)["then"]] == [("collect", collect),
+                                                                                  ("report", report)]
+    assert wait_recorded_end(report, "the report step of the resumed run", CHAIN_TIMEOUT) == "COMPLETED"
+    (train,), (done,), (reported,) = accounting(new), accounting(collect), accounting(report)
+    assert train[3] == "COMPLETED" and train[2] <= done[1] <= done[2] <= reported[1], (train, done, reported)
+    assert (run_dir / "checkpoints" / "step-00000004" / "complete").is_file()
+    with zipfile.ZipFile(tmp_path / "submissions" / "resnet9-small-res.zip") as z:
+        assert len(z.namelist()) == 2
+    text = (tmp_path / "reports" / "res" / "report.md").read_text()
+    assert any(line.startswith("| res ") for line in text.splitlines()) and "missing:" not in text, text
 
 
 def test_local_then_runs_the_steps_here_after_the_training(tmp_path):

@@ -1,4 +1,9 @@
-"""FID / MiFID during training: a fixed photo subset translated by G_A, against all paintings of the training set.
+"""What the run shows of its generators while it trains: sample grids, the demo set's PSNR, and FID / MiFID
+(:class:`RunEvaluation`, what the loop calls), which also keeps ``best.json`` (the checkpoint of the lowest MiFID).
+Samples, PSNR and FID use the generators' EMA when the run keeps one.
+
+FID / MiFID (:class:`TrainingEvaluator`): a fixed photo subset translated by G_A, against all paintings of the
+training set.
 
 Every rank translates and featurizes its share of the subset (photo j goes to rank j % world_size); rank 0
 gathers the features and scores them against the real statistics of every painting (cached on disk, keyed by
@@ -15,16 +20,22 @@ import hashlib
 import itertools
 import logging
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
 
 from cyclegan_dist.cache import fid_stats_dir
-from cyclegan_dist.config import EvalConfig
+from cyclegan_dist.config import Config, EvalConfig
 from cyclegan_dist.data.streams import iter_domain
 from cyclegan_dist.data.transforms import normalize
 from cyclegan_dist.errors import UserError
+from cyclegan_dist.rundir import RunDir, step_dir_name
+from cyclegan_dist.tracking import Tracker
+from cyclegan_dist.train.data_setup import DataSetup
+from cyclegan_dist.train.progress import Progress
+from cyclegan_dist.train.runtime import Runtime
+from cyclegan_dist.train.state import TrainState
 
 log = logging.getLogger("cyclegan_dist.eval")
 
@@ -118,3 +129,94 @@ class TrainingEvaluator:
                 f"translated at {self.size} px by the {weights} weights, against all {scores['eval/n_real']} "
                 f"{self.domain_b} images of the training shards at {self.size} px; `fid` on an export scores every "
                 "exported photo (256 px JPEGs) against the folder you give it")
+
+
+class RunEvaluation:
+    def __init__(self, config: Config, run: RunDir, rt: Runtime, data: DataSetup, state: TrainState,
+                 gens_plain: torch.nn.Module, tracker: Tracker, progress: Progress, result: dict[str, Any]) -> None:
+        self.config, self.run, self.rt, self.data, self.state = config, run, rt, data, state
+        self.gens_plain, self.tracker, self.progress, self.result = gens_plain, tracker, progress, result
+        self.evaluator = self._evaluator()
+
+    def _evaluator(self) -> TrainingEvaluator | None:
+        e = self.config.eval
+        if not (e.every or e.at_end):
+            return None
+        evaluator, error = None, ""
+        try:
+            evaluator = TrainingEvaluator(e, root=self.data.root, domain_a=self.data.domain_a,
+                                          domain_b=self.data.domain_b, size=self.config.data.crop_size,
+                                          rank=self.rt.rank, world=self.rt.world, device=self.rt.device)
+        except Exception as exc:  # noqa: BLE001 - the metrics extra, the Inception file: a side service
+            error = f"{type(exc).__name__}: {exc}"
+        failed = self.rt.sum(torch.tensor([0.0 if evaluator else 1.0])).item() > 0  # every rank decides alike
+        if failed:
+            why = error or "it failed on another rank"
+            self.tracker.warn("eval", f"in-training FID/MiFID is off for this run: {why}")
+            return None
+        return evaluator
+
+    @property
+    def generators(self) -> torch.nn.Module:
+        """What samples, PSNR and in-training FID use: the generators' EMA when the run keeps one."""
+        return self.state.ema.generators if self.state.ema is not None else self.gens_plain
+
+    def _psnr(self) -> float:
+        return self.data.psnr(self.generators.G_A, self.rt.device, self.rt.autocast)
+
+    def before_training(self) -> None:
+        """The demo set's PSNR before the first step (what the untrained generator scores)."""
+        if self.rt.is_main and self.state.step == 0 and self.data.eval_pairs is not None:
+            self.result["psnr_before"] = self._psnr()
+            self.tracker.log(0, {"eval/psnr": self.result["psnr_before"],
+                                 "eval/psnr_identity": self.data.psnr_identity})
+
+    def samples(self) -> None:
+        """A sample grid (rank 0), and on the demo set the PSNR against the known transform."""
+        if not self.rt.is_main:
+            return
+        step = self.state.step
+        path = self.run.samples / f"{step_dir_name(step)}.png"
+        with self.tracker.side_service("samples", step=step):
+            self.data.save_grid(self.generators, path, step, self.rt.device, self.rt.autocast)
+            self.result["samples"] = str(path)
+            self.tracker.log_image(step, "samples", path)
+        if self.data.eval_pairs is not None:
+            with self.tracker.side_service("psnr", step=step):
+                self.tracker.log(step, {"eval/psnr": self._psnr()})
+
+    def due(self) -> bool:
+        e, step = self.config.eval, self.state.step
+        return self.evaluator is not None and bool((e.every and step % e.every == 0) or
+                                                   (e.at_end and step == self.config.train.steps))
+
+    def evaluate(self) -> None:
+        """FID / MiFID of this step (collective); a failure is a warning and a missing value. After the step's
+        checkpoint: a lower MiFID makes it the best."""
+        rt, step = self.rt, self.state.step
+        try:
+            scores = self.evaluator.evaluate(self.generators.G_A, rt.autocast, rt.gather_object)
+        except EvaluationFailed as exc:
+            self.tracker.warn("eval", f"in-training FID/MiFID failed at step {step} ({exc}); logged as missing, "
+                              "training goes on", step=step)
+            self.tracker.log(step, {"eval/fid": None, "eval/mifid": None})
+            return
+        if not rt.is_main:
+            return
+        self.tracker.log(step, scores)
+        self.progress.note(f"step {step}: FID {scores['eval/fid']:.2f}, MiFID {scores['eval/mifid']:.2f}")
+        if not self.result.get("eval"):  # once per run: what these numbers measured
+            weights = "EMA" if self.state.ema is not None else "trained (raw)"
+            self.progress.note(f"  (in-training FID: {self.evaluator.describe(scores, weights)})")
+        self.result["eval"] = scores
+        best = self.run.best()
+        if best is None or scores["eval/mifid"] < best["eval/mifid"]:
+            with self.tracker.side_service("best"):
+                self.run.write_best(Path(self.result["checkpoint"]).name, step, scores["eval/mifid"])
+
+    def at_end(self) -> None:
+        """The demo set's PSNR after a completed run (rank 0)."""
+        if self.rt.is_main and self.data.eval_pairs is not None:
+            r = self.result
+            r["psnr_after"], r["psnr_identity"] = self._psnr(), self.data.psnr_identity
+            self.tracker.log(self.state.step, {"eval/psnr": r["psnr_after"], "eval/psnr_identity": r["psnr_identity"]})

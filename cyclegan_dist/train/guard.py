@@ -27,7 +27,7 @@ so no finite value can overflow it, and NaN propagates). Under DDP the gradients
 every rank takes the same decision without an extra collective.
 
 A finite gradient times an absurd LR can still overflow the weights themselves; the next checkpoint then refuses
-to write them (``Session.save`` checks the weights, once per checkpoint) and the run stops with the last good
+to write them (``Checkpointer.save`` checks the weights, once per checkpoint) and the run stops with the last good
 checkpoint as it was.
 
 **Act at the logging step** (whose reduction syncs anyway): the loop reads the count of skipped steps and the

@@ -49,29 +49,29 @@ def train(config: Config, run_dir: Path, *, resume: str = "auto", archive: bool 
 def loop(s: Session, config: Config, stop_after: int | None) -> dict[str, Any]:
     t, state = config.train, s.state
     start, started = state.step, time.perf_counter()
-    s.before_training()
+    s.evaluation.before_training()
     loader = s.loader()
     while state.step < t.steps:
         s.set_lr()
         batch = next(loader)
-        s.window.add(s.step(batch), batch["skipped"], batch["skipped_keys"])
+        s.period.add(s.train_step(batch), batch)
         state.step += 1
         s.progress.step()
         if s.due(t.log_every):
-            verdict = s.log()  # the guard's decision on non-finite steps, read at this sync point
+            verdict = s.period.close(s.lr)  # the guard's decision on non-finite steps, read at this sync point
             if verdict == "rollback":
                 loader = s.rollback()
                 continue
             if verdict == "stop":
                 return s.finish("diverged", started)
         if s.due(t.sample_every):
-            s.samples()
+            s.evaluation.samples()
         stop = s.rt.stop_requested(state.step) or (stop_after is not None and state.step - start >= stop_after)
-        evaluate = s.evaluation_due()
-        if (s.due(t.checkpoint_every) or state.step == t.steps or stop or evaluate) and s.save() is None:
+        evaluate = s.evaluation.due()
+        if (s.due(t.checkpoint_every) or state.step == t.steps or stop or evaluate) and s.checkpoints.save() is None:
             return s.finish("diverged", started)
         if evaluate:
-            s.evaluate()
+            s.evaluation.evaluate()
         if stop:
             return s.finish("stopped", started)
     return s.finish("completed", started)

@@ -16,14 +16,19 @@ damaged file. The states read while choosing are kept for :func:`load` (no secon
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, diff_configs
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.rundir import DAMAGED_PREFIX, RunDir, is_checkpoint
+from cyclegan_dist.train.runtime import Runtime
+from cyclegan_dist.train.state import TrainState
 
 log = logging.getLogger("cyclegan_dist.train")
 
@@ -155,6 +160,36 @@ def load(source: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None
     read, else read now (a damaged file is a UserError naming it)."""
     chosen = _CHOSEN.pop((str(source), rank), None)
     return chosen if chosen is not None else (ckpt.load_shared(source), ckpt.load_rank(source, rank))
+
+
+def restore(loaded: tuple[dict, dict | None], source: Path, *, state: TrainState, opt_G, opt_D, rt: Runtime,
+            config: Config, run: RunDir) -> list[str]:
+    """After ``prepare``: the optimizers, scaler and TrainState of a checkpoint (the networks are loaded before
+    ``prepare``), the CPU thread count it ran with, a re-planned LR curve if train.steps changed. Returns the notes
+    for the run's events."""
+    shared, mine = loaded
+    t = config.train
+    restore_optimizers(shared, mine, opt_G, opt_D, rt.scaler, sharded=rt.deepspeed, world=rt.world, rank=rt.rank,
+                       source=source)
+    state.load_state_dict(shared, mine, rt.device)
+    notes = []
+    if rt.device.type == "cpu" and shared.get("cpu_threads") and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(shared["cpu_threads"])  # as before: other threads, other sums (bit-exact resume)
+    replanned = state.schedule.replan(state.step, t.steps, t.lr_decay_fraction)
+    if replanned != state.schedule:
+        notes.append(f"train.steps is now {t.steps}: the LR curve continues from factor "
+                     f"{state.schedule.factor(state.step):.3g} at step {state.step} "
+                     f"({state.schedule.describe()} -> {replanned.describe()})")
+        state.schedule = replanned
+    if rt.is_main:
+        run.truncate_metrics(state.step)
+        log.info("resumed from %s at step %d", source, state.step)
+        if shared["world_size"] != rt.world:
+            log.warning("checkpoint was written by %d ranks, resuming on %d: the per-rank data streams%s change",
+                        shared["world_size"], rt.world, " and the scaled LR" if t.lr_scaling != "none" else "")
+        for note in notes:
+            log.warning("%s", note)
+    return notes
 
 
 def restore_optimizers(shared: dict, mine: dict | None, opt_G, opt_D, scaler, *, sharded: bool, world: int,

@@ -37,6 +37,10 @@ class TrainState:
     ema: GeneratorEMA | None = None  # the same on every rank (updated from the same weights)
     counters: dict[str, int] = field(default_factory=lambda: {"skipped_steps": 0, "rollbacks": 0})
 
+    def lr(self, base_lr: float) -> float:
+        """The LR at this step: the schedule's factor of ``base_lr``, halved once per rollback."""
+        return base_lr * self.schedule.factor(self.step) * 0.5 ** self.counters.get("lr_halvings", 0)
+
     def shared_state(self) -> dict:
         """The part every rank agrees on (saved once, by rank 0)."""
         return {"step": self.step, "run_id": self.run_id, "wandb_id": self.wandb_id,

@@ -10,6 +10,10 @@ wait for gradients that never come; the D step calls the wrapped module once. Wi
 (``loss.diffaugment``) every image a discriminator sees, real or fake, in either step, gets a fresh augmentation
 (differentiable, so the generators learn through it); off, the step is exactly the reference's.
 Returns detached loss tensors (no host sync here: the loop reduces them when it logs).
+
+:func:`prepare_step` wires the step as the loop runs it (``prepare``, the non-finite guard, the backward and
+autocast of the precision); the loop's ``Session``, ``benchmarks/`` and the tests all call it, so all of them run
+the same thing.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
-from cyclegan_dist.config import LossConfig
+from cyclegan_dist.config import Config, LossConfig
+from cyclegan_dist.data.transforms import normalize
 from cyclegan_dist.image_pool import ImagePool
 from cyclegan_dist.losses import gan_loss, l1_loss
+from cyclegan_dist.train.build import Networks
+from cyclegan_dist.train.guard import NonFiniteGuard, guard_mode
+from cyclegan_dist.train.runtime import Runtime
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -106,3 +114,49 @@ def _identity(x: torch.Tensor, domain: str) -> torch.Tensor:
 def _plain_step(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class PreparedStep:
+    """One step as the loop runs it: call it with two [-1, 1] batches (or the loader's batch through ``inputs``)."""
+
+    gens: nn.Module  # prepared: DDP-wrapped, or a DeepSpeed engine
+    discs: nn.Module
+    gens_plain: nn.Module  # the unwrapped pairs (weights, samples, checkpoints)
+    discs_plain: nn.Module
+    opt_G: torch.optim.Optimizer  # Accelerate's wrappers: what checkpoints save and restore
+    opt_D: torch.optim.Optimizer
+    guard: NonFiniteGuard
+    parts: StepParts
+    device: torch.device
+    memory_format: torch.memory_format
+
+    def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        return train_step(self.parts, real_A, real_B)
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loader's uint8 crops as the networks' input: on the device, flipped, in [-1, 1], laid out."""
+        out = []
+        for domain in ("A", "B"):
+            x = normalize(batch[domain].to(self.device, non_blocking=True), batch[domain + "_flip"])
+            out.append(x if self.memory_format is torch.contiguous_format else
+                       x.contiguous(memory_format=self.memory_format))
+        return out[0], out[1]
+
+
+def prepare_step(rt: Runtime, config: Config, nets: Networks, *, augment=None,
+                 after_G: Callable[[], None] | None = None) -> PreparedStep:
+    """``prepare`` the networks (weights already loaded) and wire the step: the guard (``train/guard.py``), the
+    torch optimizers inside Accelerate's wrappers (DeepSpeed's wrappers under DeepSpeed: ``Runtime.stepping``),
+    the backward and autocast of this precision."""
+    t = config.train
+    gens, discs, opt_G, opt_D = rt.prepare(nets.gens, nets.discs, nets.opt_G, nets.opt_D)
+    mode = guard_mode(device_type=rt.device.type, setting=t.nonfinite_skip, fused_adam=t.fused_adam,
+                      scaler=rt.scaler is not None, deepspeed=rt.deepspeed)
+    guard = NonFiniteGuard(mode, rt.device, scaler=rt.scaler, engines=(gens, discs) if rt.deepspeed else ())
+    discs_plain = rt.unwrap(discs)
+    parts = StepParts(gens, discs, discs_plain, rt.stepping(opt_G), rt.stepping(opt_D), nets.pool_A, nets.pool_B,
+                      config.loss, backward=rt.backward_of(rt.acc_G), backward_D=rt.backward_of(rt.acc_D),
+                      autocast=rt.autocast, optimizer_step=guard.step, augment=augment, after_G=after_G)
+    return PreparedStep(gens, discs, rt.unwrap(gens), discs_plain, opt_G, opt_D, guard, parts, rt.device,
+                        nets.memory_format)

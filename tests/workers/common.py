@@ -20,8 +20,8 @@ from torch import nn
 
 from cyclegan_dist.config import Config, load_config
 from cyclegan_dist.train.build import build_networks
-from cyclegan_dist.train.parts import PreparedStep, prepare_step
 from cyclegan_dist.train.runtime import Runtime
+from cyclegan_dist.train.step import PreparedStep, prepare_step
 
 # Tiny and deterministic: no pool (its random swaps are per rank), no dropout (the default), 32x32 images.
 TINY = ("model.generator=resnet_6blocks", "model.ngf=8", "model.ndf=8", "loss.pool_size=0", "model.use_dropout=false",
