@@ -140,9 +140,9 @@ class BareArm:
                  offset: int = 0):
         from cyclegan_dist.train.data_setup import setup_data
 
-        self.data = setup_data(config.data, batch_size=config.train.batch_size, seed=config.seed, rank=0)
+        self.data = setup_data(config.data, seed=config.seed)
         self.step = make_step(device)
-        self.loader = iter(self.data.loader(start_sample=offset))
+        self.loader = iter(self.data.loader(offset, batch_size=config.train.batch_size, rank=0, world=1))
 
     def one_step(self) -> None:
         self.step(next(self.loader))

@@ -79,6 +79,10 @@ class TrainConfig:
     steps: int = 200_000
     lr_decay_fraction: float = 0.5  # last fraction of the steps decays linearly to zero (reference: 100 + 100 epochs)
     batch_size: int = 1  # per rank
+    # resumed on another number of ranks: true keeps the global batch (per-rank batch = global / ranks), so the
+    # samples and the LR at each image count continue as before; false keeps batch_size per rank (the global batch
+    # changes, logged as an event; the LR plan continues in images seen)
+    keep_global_batch: bool = True
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -105,6 +109,7 @@ class TrainConfig:
     keep_last: int = 3
     ema_decay: float = 0.0  # > 0: an EMA of the generators, used for samples, in-training FID, export, collect
     ema_rampup: float = 0.05  # EMA warm-up: half-life <= this x images seen (StyleGAN2-ADA's rule); 0 = off
+    log_sample_keys: bool = False  # each rank writes the keys of its samples per step (sample_keys/rank-R.jsonl)
 
 
 @dataclass(frozen=True)

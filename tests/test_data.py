@@ -19,7 +19,7 @@ from PIL import Image
 
 from cyclegan_dist.cli import build_parser
 from cyclegan_dist.data.prepare import prepare_shards
-from cyclegan_dist.data.streams import InfiniteSampler, UnpairedShardDataset, iter_domain, make_loader
+from cyclegan_dist.data.streams import StreamSampler, UnpairedShardDataset, iter_domain, make_loader
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.images import decode as decode_rgb
 from cyclegan_dist.images import resize_shorter
@@ -269,7 +269,7 @@ def _same(a: dict, b: dict) -> bool:
             and torch.equal(a["B"], b["B"]) and a["A_flip"] == b["A_flip"] and a["B_flip"] == b["B_flip"])
 
 
-def test_item_is_pure_function_of_seed_rank_k(shard_root):
+def test_item_is_pure_function_of_seed_and_g(shard_root):
     kw = dict(load_size=36, crop_size=32)
     ds1, ds2 = UnpairedShardDataset(shard_root, **kw), UnpairedShardDataset(shard_root, **kw)
     ks = [5, 0, 123_456_789, 1]
@@ -278,12 +278,12 @@ def test_item_is_pure_function_of_seed_rank_k(shard_root):
         assert _same(first[k], ds2[k])
     it = ds1[0]
     assert it["A"].shape == (3, 32, 32) and it["B"].shape == (3, 32, 32) and it["A"].dtype == torch.uint8  # IPC: uint8
-    assert it["A"].min() < 128 < it["A"].max() and isinstance(it["A_flip"], bool)
+    assert isinstance(it["A_flip"], bool)
+    assert any(ds1[k]["A"].min() < 128 < ds1[k]["A"].max() for k in range(4))  # real image content
     assert len(ds1) == 10
-    other_rank = UnpairedShardDataset(shard_root, rank=1, **kw)
     other_seed = UnpairedShardDataset(shard_root, seed=1, **kw)
-    assert not all(_same(ds1[k], other_rank[k]) for k in range(4))
     assert not all(_same(ds1[k], other_seed[k]) for k in range(4))
+    assert not all(_same(ds1[k], ds1[k + 4]) for k in range(4))
     clone = pickle.loads(pickle.dumps(ds1))  # after use (open readers): what spawn-started workers get
     assert _same(clone[5], first[5])
     # unpaired resampling covers both domains
@@ -322,8 +322,26 @@ def test_loader_worker_count_invariance_and_exact_resume(shard_root):
         assert x["A_key"] == y["A_key"] and x["B_key"] == y["B_key"] and torch.equal(x["A"], y["A"])
     assert b0[0]["A"].shape == (3, 3, 32, 32) and b0[0]["skipped"].tolist() == [0, 0, 0]
     assert b0[1]["A_key"] == [ds[k]["A_key"] for k in (3, 4, 5)]
-    s = iter(InfiniteSampler(7))
+    s = iter(StreamSampler(7))
     assert [next(s) for _ in range(3)] == [7, 8, 9]
+
+
+def test_ranks_share_one_global_stream_on_any_world_size(shard_root):
+    """A step of W ranks x B takes the next W*B samples of the run's stream, rank r the r-th block: 4 ranks x 2 and
+    2 ranks x 4 (and 1 x 8) consume the same samples, step for step, from any start."""
+    ds = UnpairedShardDataset(shard_root, load_size=36, crop_size=32)
+
+    def step_keys(world: int, start: int, steps: int) -> list[list[str]]:
+        loaders = [iter(make_loader(ds, 8 // world, start_sample=start, rank=r, world=world)) for r in range(world)]
+        return [sum((next(it)["A_key"] for it in loaders), []) for _ in range(steps)]
+
+    expected = [[ds[g]["A_key"] for g in range(s * 8, s * 8 + 8)] for s in range(3)]
+    assert step_keys(1, 0, 3) == step_keys(2, 0, 3) == step_keys(4, 0, 3) == expected
+    assert step_keys(2, 8, 2) == expected[1:]  # resumed after one step, on another world size
+    s = iter(StreamSampler(16, rank=1, world=2, batch=3))
+    assert [next(s) for _ in range(6)] == [19, 20, 21, 25, 26, 27]
+    with pytest.raises(ValueError):
+        StreamSampler(0, rank=2, world=2)
 
 
 def test_iter_domain_every_image_once_across_ranks(shard_root):

@@ -76,3 +76,27 @@ def test_zero2_skips_and_counts_a_nonfinite_step(tmp_path):
     assert ranks[0]["digest"] == ranks[1]["digest"]
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["generators"].values())
+
+
+def test_zero2_resumes_on_another_number_of_ranks(tmp_path):
+    """ZeRO slices saved by 2 ranks re-sliced for 1, then 1's for 2 again (DeepSpeed's elastic checkpoint, merged from
+    every saved rank's file): the run goes on with the same samples and LR, and ends where an uninterrupted 2-rank run
+    ends up to summation order (relative_distance <= 0.1, as tests/test_parity.py and tests/test_world_change.py;
+    the image pool off). A lost optimizer state (Adam restarted) moves the weights ~lr per step the other way."""
+    from cyclegan_dist.checkpoint import load_shared
+    from cyclegan_dist.config import load_config
+    from cyclegan_dist.train.build import build_pairs
+
+    from workers.common import TINY as DETERMINISTIC
+    from workers.common import dead_biases, relative_distance
+
+    settings = [*ZERO2, *DETERMINISTIC, "model.ngf=8", "model.ndf=8", "train.batch_size=2", "train.steps=6"]
+    straight, changed = tmp_path / "straight", tmp_path / "changed"
+    run_torchrun(2, "train", "--config", "smoke", "--run-dir", straight, "--set", *settings)
+    for nproc, stop in ((2, ["--stop-after", "2"]), (1, ["--stop-after", "2"]), (2, [])):
+        run_torchrun(nproc, "train", "--config", "smoke", "--run-dir", changed, *stop, "--set", *settings)
+    assert [r["world_size"] for r in loss_records(changed)] == [2, 2, 1, 1, 2, 2]
+    config = load_config("smoke", settings)
+    gens, _ = build_pairs(config.model, config.seed)
+    final = [load_shared(latest_checkpoint(run))["generators"] for run in (changed, straight)]
+    assert relative_distance(*final, gens.state_dict(), skip=dead_biases(gens)) <= 0.1

@@ -1,30 +1,32 @@
-"""Unpaired, rank-distinct, resampled training streams over a shard root, with exact resume.
+"""Unpaired, resampled training streams over a shard root: one global stream per run, with exact resume on any
+number of ranks.
 
-Why item k is a pure function of (seed, rank, k)
-------------------------------------------------
-``UnpairedShardDataset[k]`` for the k-th sample of rank r draws
+Why sample g is a pure function of (seed, g)
+--------------------------------------------
+``UnpairedShardDataset[g]`` for the g-th sample of the run draws
 
-* ``index_a`` uniformly over domain A's count from ``SeedSequence([seed, r, k, 0, PICK, attempt])``,
-* ``index_b`` independently over domain B's count from ``SeedSequence([seed, r, k, 1, PICK, attempt])``
+* ``index_a`` uniformly over domain A's count from ``SeedSequence([seed, g, 0, PICK, attempt])``,
+* ``index_b`` independently over domain B's count from ``SeedSequence([seed, g, 1, PICK, attempt])``
   (unpaired, resampled with replacement: the domains have very different sizes, 7,038 vs 300),
-* crop offsets and flip of each image from ``SeedSequence([seed, r, k, 0|1, AUG])``,
+* crop offsets and flip of each image from ``SeedSequence([seed, g, 0|1, AUG])``,
 
 and reads the two images by index through ``data.tar_samples.TarSamples`` (random access into the tars; raw
 PPM members need no decoding, JPEG ones are decoded by ``transforms.decode_chw``).
-Nothing depends on what was read before, so:
+Nothing depends on what was read before, or on which rank reads it, so:
 
-* **exact resume in O(1)**: after ``step`` steps of batch size B the stream continues at
-  ``k = step * B`` (``make_loader(..., start_sample=step * B)``); no replay, no RNG state to save;
-* **independent of the worker count**: ``k`` itself is the split between DataLoader workers (the sampler
-  hands out k = start, start+1, ...; the DataLoader keeps batch order), so 0, 2 or 8 workers give the
-  same batches and workers need no seeding;
-* **different ranks see different streams**: the rank is in every seed.
+* **one stream for the whole run**: a step of W ranks x B images consumes the next W*B samples; rank r takes
+  the r-th block of B (:class:`StreamSampler`). After ``n`` images the run continues at g = n, on any number
+  of ranks: 4 ranks x 2 and 2 ranks x 4 consume the same samples, step for step;
+* **exact resume in O(1)**: no replay, no RNG state to save (``make_loader(..., start_sample=n)``);
+* **independent of the worker count**: ``g`` itself is the split between DataLoader workers (the sampler
+  hands out this rank's g in order; the DataLoader keeps batch order), so 0, 2 or 8 workers give the
+  same batches and workers need no seeding.
 
 A sample whose bytes do not decode is skipped by re-drawing with ``attempt + 1`` (still a pure
-function of k) and counted: ``item["skipped"]`` and ``item["skipped_keys"]`` (in every batch, so the loop
+function of g) and counted: ``item["skipped"]`` and ``item["skipped_keys"]`` (in every batch, so the loop
 counts them exactly with any number of workers and ranks) and ``dataset.skipped`` (this process). One warning
-per process. A domain where
-``max_tries`` draws in a row fail is a UserError. The torch/numpy/python global RNGs are never used.
+per process. A domain where ``max_tries`` draws in a row fail is a UserError. The torch/numpy/python global RNGs
+are never used.
 
 ``iter_domain`` is the sequential counterpart for evaluation/export: every image of a domain exactly
 once across ranks, in shard order.
@@ -91,11 +93,11 @@ class UnpairedShardDataset(Dataset):
     """
 
     def __init__(self, root, domain_a="photo", domain_b="monet", load_size=286, crop_size=256, flip=True,
-                 seed=0, rank=0, *, max_tries: int = 50, verify: bool = True):
+                 seed=0, *, max_tries: int = 50, verify: bool = True):
         if int(crop_size) > int(load_size):
             raise UserError(f"data.crop_size ({crop_size}) must be <= data.load_size ({load_size})")
-        if int(seed) < 0 or int(rank) < 0:
-            raise UserError(f"seed ({seed}) and rank ({rank}) must be >= 0")
+        if int(seed) < 0:
+            raise UserError(f"seed ({seed}) must be >= 0")
         index = read_index(root)
         self.root = Path(root).expanduser().resolve()
         self.domains = (domain_a, domain_b)
@@ -105,7 +107,7 @@ class UnpairedShardDataset(Dataset):
                 verify_shard(s["url"], s["nsamples"])
         self.counts = [sum(s["nsamples"] for s in shards) for shards in self.shards]
         self.load_size, self.crop_size, self.flip = int(load_size), int(crop_size), bool(flip)
-        self.seed, self.rank, self.max_tries = int(seed), int(rank), int(max_tries)
+        self.seed, self.max_tries = int(seed), int(max_tries)
         self.skipped = 0
         self._readers = None
         self._warned = False
@@ -138,7 +140,7 @@ class UnpairedShardDataset(Dataset):
     def _draw(self, which: int, k: int):
         last, bad = None, []
         for attempt in range(self.max_tries):
-            idx = int(item_rng(self.seed, self.rank, k, which, _PICK, attempt).integers(self.counts[which]))
+            idx = int(item_rng(self.seed, k, which, _PICK, attempt).integers(self.counts[which]))
             sample = self._reader(which)[idx]  # UserError if the shard cannot be opened
             try:
                 return decode_chw(sample_image_bytes(sample)), sample["__key__"], bad
@@ -162,7 +164,7 @@ class UnpairedShardDataset(Dataset):
         out, skipped = {}, []
         for which, name in ((0, "A"), (1, "B")):
             img, key, bad = self._draw(which, k)
-            rng = item_rng(self.seed, self.rank, k, which, _AUG)
+            rng = item_rng(self.seed, k, which, _AUG)
             out[name], out[name + "_flip"] = train_crop(img, rng, self.load_size, self.crop_size, self.flip)
             out[name + "_key"] = key
             skipped += bad
@@ -171,24 +173,31 @@ class UnpairedShardDataset(Dataset):
         return out
 
 
-class InfiniteSampler(Sampler):
-    """Yields k = start, start + 1, ... forever (start = step * batch_size when resuming)."""
+class StreamSampler(Sampler):
+    """This rank's share of the run's stream, from global sample ``start``: in each step rank r of ``world`` takes
+    ``batch`` consecutive samples, the r-th block of the step's ``world * batch``; the next step starts after all
+    of them. One rank: start, start + 1, ... forever."""
 
-    def __init__(self, start: int = 0):
-        if int(start) < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
-        self.start = int(start)
+    def __init__(self, start: int = 0, *, rank: int = 0, world: int = 1, batch: int = 1):
+        if int(start) < 0 or not 0 <= int(rank) < int(world) or int(batch) < 1:
+            raise ValueError(f"need start >= 0, 0 <= rank < world, batch >= 1; got start={start} rank={rank} "
+                             f"world={world} batch={batch}")
+        self.start, self.rank, self.world, self.batch = int(start), int(rank), int(world), int(batch)
 
     def __iter__(self):
-        return itertools.count(self.start)
+        step_start = self.start
+        while True:
+            first = step_start + self.rank * self.batch
+            yield from range(first, first + self.batch)
+            step_start += self.world * self.batch
 
 
 def make_loader(dataset, batch_size: int, start_sample: int = 0, num_workers: int = 0,
-                pin_memory: bool = False) -> Iterable[dict]:
-    """Infinite stream of collated batches from sample ``start_sample``; identical batches for any
-    ``num_workers`` (dicts of tensors, as ``default_collate`` makes them).
+                pin_memory: bool = False, *, rank: int = 0, world: int = 1) -> Iterable[dict]:
+    """Infinite stream of this rank's collated batches from global sample ``start_sample``; identical batches for
+    any ``num_workers`` (dicts of tensors, as ``default_collate`` makes them).
 
-    Batches are consecutive: batch i holds samples start + i*B ... start + (i+1)*B - 1. Uses its own
+    Batch i of rank r holds samples start + (i*world + r)*B ... start + (i*world + r + 1)*B - 1. Uses its own
     torch.Generator so creating an iterator does not consume the global torch RNG. Workers send their batches
     as numpy arrays (:mod:`cyclegan_dist.data.batches`: a tensor's shared-memory hand-over costs more than the
     decoding at small batches).
@@ -199,7 +208,7 @@ def make_loader(dataset, batch_size: int, start_sample: int = 0, num_workers: in
     loader = DataLoader(
         dataset,
         batch_size=int(batch_size),
-        sampler=InfiniteSampler(start_sample),
+        sampler=StreamSampler(start_sample, rank=rank, world=world, batch=batch_size),
         num_workers=workers,
         collate_fn=collate_arrays if workers > 0 else None,
         pin_memory=pin_memory,

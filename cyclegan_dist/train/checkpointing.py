@@ -71,8 +71,7 @@ class Checkpointer:
 
     def _rank_state(self) -> dict:
         s = self.step
-        return {**self.state.rank_state(), "samples_seen": self.state.step * self.config.train.batch_size,
-                "digest": {"generators": ckpt.weights_digest(s.gens_plain),
+        return {**self.state.rank_state(), "digest": {"generators": ckpt.weights_digest(s.gens_plain),
                            "discriminators": ckpt.weights_digest(s.discs_plain)},
                 **({"opt_G": s.opt_G.state_dict(), "opt_D": s.opt_D.state_dict()} if self.rt.deepspeed else {})}
 

@@ -1,5 +1,5 @@
-"""What the loop needs from the data layer: the rank's stream, fixed sample images, and for the embedded demo
-data set the held-out pairs (x, T(x)) that measure translation quality as PSNR."""
+"""What the loop needs from the data layer: the rank's share of the run's stream, fixed sample images, and for the
+embedded demo data set the held-out pairs (x, T(x)) that measure translation quality as PSNR."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ class DataSetup:
     domain_a: str
     domain_b: str
     dataset: UnpairedShardDataset
-    batch_size: int
     num_workers: int
     eval_pairs: tuple[torch.Tensor, torch.Tensor] | None  # demo only: held-out photos x and T(x), [-1, 1]
     psnr_identity: float | None  # PSNR(x, T(x)): what doing nothing scores
 
-    def loader(self, start_sample: int):
-        return make_loader(self.dataset, self.batch_size, start_sample=start_sample, num_workers=self.num_workers,
-                           pin_memory=torch.cuda.is_available())
+    def loader(self, start_sample: int, *, batch_size: int, rank: int, world: int):
+        """This rank's batches of the run's stream from global sample ``start_sample`` (``data/streams.py``)."""
+        return make_loader(self.dataset, batch_size, start_sample=start_sample, num_workers=self.num_workers,
+                           pin_memory=torch.cuda.is_available(), rank=rank, world=world)
 
     def fixed_batch(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The same few images at every sample step (indices far from the training stream's start), [-1, 1]."""
@@ -56,7 +56,7 @@ class DataSetup:
         return float(psnr(torch.cat(outs), target))
 
 
-def setup_data(data: DataConfig, *, batch_size: int, seed: int, rank: int, local: Path | None = None) -> DataSetup:
+def setup_data(data: DataConfig, *, seed: int, local: Path | None = None) -> DataSetup:
     """The run's data; ``local``: where a remote ``data.root`` was already fetched on this node."""
     if data.root is None:
         root = demo.demo_root(data)
@@ -67,5 +67,5 @@ def setup_data(data: DataConfig, *, batch_size: int, seed: int, rank: int, local
         root, domain_a, domain_b = local or remote.readable_root(data), data.domain_a, data.domain_b
         eval_pairs, psnr_identity = None, None
     dataset = UnpairedShardDataset(root, domain_a, domain_b, load_size=data.load_size, crop_size=data.crop_size,
-                                   flip=data.flip, seed=seed, rank=rank)
-    return DataSetup(root, domain_a, domain_b, dataset, batch_size, data.num_workers, eval_pairs, psnr_identity)
+                                   flip=data.flip, seed=seed)
+    return DataSetup(root, domain_a, domain_b, dataset, data.num_workers, eval_pairs, psnr_identity)

@@ -133,9 +133,11 @@ class TrainingEvaluator:
 
 class RunEvaluation:
     def __init__(self, config: Config, run: RunDir, rt: Runtime, data: DataSetup, state: TrainState,
-                 gens_plain: torch.nn.Module, tracker: Tracker, progress: Progress, result: dict[str, Any]) -> None:
+                 gens_plain: torch.nn.Module, tracker: Tracker, progress: Progress, result: dict[str, Any], *,
+                 end_step: int) -> None:
         self.config, self.run, self.rt, self.data, self.state = config, run, rt, data, state
         self.gens_plain, self.tracker, self.progress, self.result = gens_plain, tracker, progress, result
+        self.end_step = end_step
         self.evaluator = self._evaluator()
 
     def _evaluator(self) -> TrainingEvaluator | None:
@@ -188,7 +190,7 @@ class RunEvaluation:
     def due(self) -> bool:
         e, step = self.config.eval, self.state.step
         return self.evaluator is not None and bool((e.every and step % e.every == 0) or
-                                                   (e.at_end and step == self.config.train.steps))
+                                                   (e.at_end and step == self.end_step))
 
     def evaluate(self) -> None:
         """FID / MiFID of this step (collective); a failure is a warning and a missing value. After the step's

@@ -1,9 +1,9 @@
 """The training loop under Accelerate: build, resume, step, log, sample, checkpoint, evaluate.
 
 Works the same in one process and under ``torchrun`` / ``accelerate launch --multi_gpu`` / SLURM tasks (one
-process per GPU). Data never passes through ``prepare``: every rank reads its own stream, item k of rank r being
-a pure function of (seed, r, k), so resume needs only the step. :func:`train` is the algorithm; :class:`Session`
-holds the pieces it works with.
+process per GPU). Data never passes through ``prepare``: every rank reads its share of the run's one stream (sample
+g a pure function of (seed, g)), so resume needs only the images seen, on any number of ranks. :func:`train` is
+the algorithm; :class:`Session` holds the pieces it works with.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ def loop(s: Session, config: Config, stop_after: int | None) -> dict[str, Any]:
     start, started = state.step, time.perf_counter()
     s.evaluation.before_training()
     loader = s.loader()
-    while state.step < t.steps:
+    while state.step < s.end_step:
         s.set_lr()
         batch = next(loader)
         s.period.add(s.train_step(batch), batch)
-        state.step += 1
+        state.advance()
         s.progress.step()
         if s.due(t.log_every):
             verdict = s.period.close(s.lr)  # the guard's decision on non-finite steps, read at this sync point
@@ -68,7 +68,7 @@ def loop(s: Session, config: Config, stop_after: int | None) -> dict[str, Any]:
             s.evaluation.samples()
         stop = s.rt.stop_requested(state.step) or (stop_after is not None and state.step - start >= stop_after)
         evaluate = s.evaluation.due()
-        if (s.due(t.checkpoint_every) or state.step == t.steps or stop or evaluate) and s.checkpoints.save() is None:
+        if (s.due(t.checkpoint_every) or state.step == s.end_step or stop or evaluate) and s.checkpoints.save() is None:
             return s.finish("diverged", started)
         if evaluate:
             s.evaluation.evaluate()

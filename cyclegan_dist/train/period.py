@@ -74,7 +74,7 @@ class LoggingPeriod:
 
     def close(self, lr: float) -> str:
         """Reduce the period's losses and counters, log them; returns go | rollback | stop."""
-        w, rt, t = self.window, self.rt, self.config.train
+        w, rt = self.window, self.rt
         names, local = w.names, w.total(rt.device)
         totals = rt.sum(torch.cat([local, torch.stack([self.guard.read().float(),
                                                       torch.tensor(float(w.skipped_samples), device=rt.device)])]))
@@ -82,7 +82,8 @@ class LoggingPeriod:
         skipped_steps, skipped_samples = round(totals[-2].item() / rt.world), int(totals[-1].item())
         elapsed = time.perf_counter() - w.start
         metrics = dict(zip(names, values))
-        metrics.update({"lr": lr, "world_size": rt.world, "img_per_s": w.steps * t.batch_size * rt.world / elapsed,
+        metrics.update({"lr": lr, "world_size": rt.world, "images_seen": self.state.samples,
+                        "img_per_s": w.steps * self.state.global_batch / elapsed,
                         "step_time_s": elapsed / w.steps, "data/skipped": skipped_samples,
                         "mem/peak_gb": peak_memory_gb(rt.device)})
         bad = [n for n, v in zip(names, values) if not math.isfinite(v)]

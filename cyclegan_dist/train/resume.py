@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from cyclegan_dist import checkpoint as ckpt
-from cyclegan_dist.config import Config, diff_configs
+from cyclegan_dist.config import Config, TrainConfig, diff_configs
 from cyclegan_dist.errors import UserError
 from cyclegan_dist.rundir import DAMAGED_PREFIX, RunDir, is_checkpoint
 from cyclegan_dist.train.runtime import Runtime
@@ -163,48 +163,90 @@ def load(source: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None
 
 
 def restore(loaded: tuple[dict, dict | None], source: Path, *, state: TrainState, opt_G, opt_D, rt: Runtime,
-            config: Config, run: RunDir) -> list[str]:
+            config: Config, run: RunDir) -> list[tuple[str, str]]:
     """After ``prepare``: the optimizers, scaler and TrainState of a checkpoint (the networks are loaded before
-    ``prepare``), the CPU thread count it ran with, a re-planned LR curve if train.steps changed. Returns the notes
-    for the run's events."""
+    ``prepare``), the CPU thread count it ran with, the global batch on this number of ranks, a re-planned LR curve
+    if train.steps changed. Returns (event kind, message) for the run's events."""
     shared, mine = loaded
     t = config.train
     restore_optimizers(shared, mine, opt_G, opt_D, rt.scaler, sharded=rt.deepspeed, world=rt.world, rank=rt.rank,
                        source=source)
-    state.load_state_dict(shared, mine, rt.device)
-    notes = []
+    state.load_state_dict(shared, mine, rt.device, legacy_batch=shared["world_size"] * t.batch_size)
     if rt.device.type == "cpu" and shared.get("cpu_threads") and not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(shared["cpu_threads"])  # as before: other threads, other sums (bit-exact resume)
-    replanned = state.schedule.replan(state.step, t.steps, t.lr_decay_fraction)
+    notes = fit_global_batch(state, t, world=rt.world, saved_world=shared["world_size"], source=source)
+    replanned = state.schedule.replan(state.samples, t.steps, t.lr_decay_fraction, state.plan_batch)
     if replanned != state.schedule:
-        notes.append(f"train.steps is now {t.steps}: the LR curve continues from factor "
-                     f"{state.schedule.factor(state.step):.3g} at step {state.step} "
-                     f"({state.schedule.describe()} -> {replanned.describe()})")
+        notes.append(("schedule", f"train.steps is now {t.steps}: the LR curve continues from factor "
+                      f"{state.schedule.factor(state.samples):.3g} at image {state.samples} (step {state.step}) "
+                      f"(images@factor: {state.schedule.describe()} -> {replanned.describe()})"))
         state.schedule = replanned
     if rt.is_main:
         run.truncate_metrics(state.step)
-        log.info("resumed from %s at step %d", source, state.step)
-        if shared["world_size"] != rt.world:
-            log.warning("checkpoint was written by %d ranks, resuming on %d: the per-rank data streams%s change",
-                        shared["world_size"], rt.world, " and the scaled LR" if t.lr_scaling != "none" else "")
-        for note in notes:
+        log.info("resumed from %s at step %d (%d images seen)", source, state.step, state.samples)
+        for _, note in notes:
             log.warning("%s", note)
     return notes
 
 
+def fit_global_batch(state: TrainState, t: TrainConfig, *, world: int, saved_world: int,
+                     source: Path) -> list[tuple[str, str]]:
+    """The global batch on ``world`` ranks: kept (each rank takes its share) unless ``train.keep_global_batch`` is
+    off, then ``world`` x ``train.batch_size``. A global batch the ranks cannot share evenly is a UserError."""
+    G = state.global_batch
+    if not t.keep_global_batch:
+        new = world * t.batch_size
+        if new == G:
+            return []
+        state.global_batch = new
+        return [("global_batch_change", f"the global batch changes from {G} to {new} images per step "
+                 f"(train.keep_global_batch=false: {world} ranks x train.batch_size={t.batch_size}); the stream "
+                 f"continues at image {state.samples} and the LR is that of this image count; the run ends after "
+                 f"{t.steps * state.plan_batch} images, at step {state.end_step(t.steps)}")]
+    if G % world:
+        raise UserError(f"{source}: the run's global batch is {G} images per step ({saved_world} ranks x "
+                        f"{G // saved_world}), which {world} ranks cannot share evenly; resume on a number of ranks "
+                        f"that divides {G}, or add --set train.keep_global_batch=false to go on with {world} x "
+                        f"train.batch_size={t.batch_size} images per step")
+    if world == saved_world:
+        return []
+    return [("world_change", f"resumed on {world} ranks (the checkpoint was written by {saved_world}): {G // world} "
+             f"images per rank keep the global batch of {G}, so the samples and the LR at each image count continue "
+             "as before; the image pools and the per-rank RNG streams start afresh")]
+
+
 def restore_optimizers(shared: dict, mine: dict | None, opt_G, opt_D, scaler, *, sharded: bool, world: int,
                        rank: int, source: Path) -> None:
-    """Optimizer (and fp16 scaler) state, after ``prepare``. ZeRO: this rank's slice, same world size only."""
+    """Optimizer (and fp16 scaler) state, after ``prepare``. ZeRO: every saved rank's slice, merged and re-sliced
+    by DeepSpeed for this number of ranks (``elastic_checkpoint``, set by ``runtime``)."""
     if sharded:
-        if mine is None or shared["world_size"] != world:
-            raise UserError(f"{source} holds ZeRO optimizer slices of {shared['world_size']} ranks; "
-                            f"resume it with the same number of ranks (now {world})")
+        saved = shared["world_size"]
+        files = [mine if r == rank and mine is not None else ckpt.load_rank(source, r) for r in range(saved)]
+        if saved != world and any(isinstance(f["opt_G"].get("base_optimizer_state"), dict) for f in files):
+            raise UserError(f"{source} holds ZeRO optimizer slices of {saved} ranks in the form that cannot be "
+                            f"re-sliced (written before elastic checkpoints); resume it with {saved} ranks")
+        from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE, BASE_OPTIMIZER_STATE_STEP
+
+        for f in files:  # the step DeepSpeed's elastic merge expects beside the states (its own Adams keep it in the
+            for name in ("opt_G", "opt_D"):  # param groups, torch's Adam in each state): the same on every slice
+                group = f[name][BASE_OPTIMIZER_STATE]
+                step = group[0].get("step") if isinstance(group, list) and group else None
+                f[name].setdefault(BASE_OPTIMIZER_STATE_STEP, int(step) if step is not None else None)
         for opt, name in ((opt_G, "opt_G"), (opt_D, "opt_D")):
-            slices = [None] * world
-            slices[rank] = mine[name]  # DeepSpeed takes a list indexed by rank; this rank's slice is enough
-            opt.optimizer.load_state_dict(slices, load_from_fp32_weights=True)
+            # fp32 master weights from the slices on the same ranks (exact resume); on another number of ranks from
+            # the loaded weights, as DeepSpeed itself does when the data-parallel degree changes
+            opt.optimizer.load_state_dict(SavedSlices(f[name] for f in files), load_from_fp32_weights=saved == world)
     else:
         opt_G.load_state_dict(shared["opt_G"])
         opt_D.load_state_dict(shared["opt_D"])
     if scaler is not None and shared.get("scaler") is not None:
         scaler.load_state_dict(shared["scaler"])
+
+
+class SavedSlices(list):
+    """The ZeRO slices of every saved rank, for ``DeepSpeedZeroOptimizer.load_state_dict``. It merges all of them
+    (iterating), and reads its own rank's entry only for what every slice holds alike (the loss scaler, the format);
+    on more ranks than were saved, a new rank reads the first entry for that."""
+
+    def __getitem__(self, i):
+        return super().__getitem__(i if isinstance(i, slice) or i < len(self) else 0)

@@ -210,6 +210,8 @@ def _read_ds_config(path: str, train: TrainConfig) -> dict:
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (1, 2):  # ZeRO-1/2 skip a step whose gradient norm is not finite (train/guard.py)
         raise UserError(f"{path}: ZeRO stage {stage} is not supported here; use stage 1 or 2")
+    # every rank's optimizer slice is saved in the form DeepSpeed merges and re-slices for another number of ranks
+    config.setdefault("zero_optimization", {})["elastic_checkpoint"] = True
     config["train_micro_batch_size_per_gpu"] = train.batch_size  # no data loader passes through prepare()
     config.pop("train_batch_size", None)
     return config

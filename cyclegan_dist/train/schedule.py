@@ -1,9 +1,11 @@
-"""Learning rate: constant, then linear decay to zero, in absolute steps stored with the run; world-size scaling.
+"""Learning rate: constant, then linear decay to zero, in images seen, stored with the run; world-size scaling.
 
 The reference (junyanz ``--lr_policy linear``) keeps the LR for ``n_epochs`` and decays it linearly over
 ``n_epochs_decay``: ``1 - max(0, epoch - n_epochs) / (n_epochs_decay + 1)``. Here the same rule runs per step:
 the factor is piecewise linear through the knots ``(0, 1), (C, 1), (C + D + 1, 0)`` with ``D`` decay steps and
-``C = steps - D``, which gives exactly the reference value at every integer step.
+``C = steps - D``, which gives exactly the reference value at every integer step. The knots are kept in images
+seen (steps x the run's global batch), so a run resumed with another global batch (``train.keep_global_batch=false``)
+has the LR its image count calls for; with an unchanged global batch this is the same curve, step for step.
 
 The knots are saved in every checkpoint, so a resumed run follows the curve it started with. A run extended
 with a larger ``train.steps`` is **re-planned** from the step it resumes at, continuously: while the old curve
@@ -28,16 +30,17 @@ def decay_steps(total_steps: int, decay_fraction: float) -> int:
 
 @dataclass(frozen=True)
 class Schedule:
-    knots: tuple[tuple[int, float], ...]  # (step, factor), steps increasing; constant beyond the last knot
+    knots: tuple[tuple[int, float], ...]  # (images seen, factor), increasing; constant beyond the last knot
 
     @classmethod
-    def plan(cls, total_steps: int, decay_fraction: float) -> "Schedule":
+    def plan(cls, total_steps: int, decay_fraction: float, batch: int = 1) -> "Schedule":
+        """The reference curve of ``total_steps`` steps of ``batch`` images (the global batch)."""
         decay = decay_steps(total_steps, decay_fraction)
         constant = total_steps - decay
-        return cls(((0, 1.0), (constant, 1.0), (constant + decay + 1, 0.0)))
+        return cls(((0, 1.0), (constant * batch, 1.0), ((constant + decay + 1) * batch, 0.0)))
 
     def factor(self, step: int) -> float:
-        """Multiplier of the base LR at 0-based ``step``."""
+        """Multiplier of the base LR after ``step`` images (``step`` steps when planned with ``batch=1``)."""
         steps = [s for s, _ in self.knots]
         i = bisect.bisect_right(steps, step)
         if i == 0:
@@ -47,26 +50,29 @@ class Schedule:
         (s0, f0), (s1, f1) = self.knots[i - 1], self.knots[i]
         return f0 + (f1 - f0) * (step - s0) / (s1 - s0)
 
-    def replan(self, at_step: int, total_steps: int, decay_fraction: float) -> "Schedule":
-        """The curve for a run that continues at ``at_step`` towards ``total_steps``, continuous at ``at_step``."""
-        fresh = Schedule.plan(total_steps, decay_fraction)
+    def replan(self, at_step: int, total_steps: int, decay_fraction: float, batch: int = 1) -> "Schedule":
+        """The curve for a run that continues at ``at_step`` (images) towards ``total_steps`` steps of ``batch``,
+        continuous at ``at_step``."""
+        fresh = Schedule.plan(total_steps, decay_fraction, batch)
         if fresh == self:
             return self
         now = self.factor(at_step)
         if now == 1.0 and fresh.factor(at_step) == 1.0:
             return fresh
         past = tuple((s, f) for s, f in self.knots if s < at_step)
-        return Schedule(past + ((at_step, now), (total_steps + 1, 0.0)))
+        return Schedule(past + ((at_step, now), ((total_steps + 1) * batch, 0.0)))
 
     def describe(self) -> str:
         return " -> ".join(f"{f:.3g}@{s}" for s, f in self.knots)
 
     def state_dict(self) -> dict:
-        return {"knots": [list(k) for k in self.knots]}
+        return {"knots": [list(k) for k in self.knots], "unit": "images"}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Schedule":
-        return cls(tuple((int(s), float(f)) for s, f in state["knots"]))
+    def from_state_dict(cls, state: dict, legacy_batch: int = 1) -> "Schedule":
+        """``legacy_batch``: the global batch of a checkpoint whose knots are in steps (written before images)."""
+        scale = 1 if state.get("unit") == "images" else legacy_batch
+        return cls(tuple((int(s) * scale, float(f)) for s, f in state["knots"]))
 
 
 def lr_factor(step: int, total_steps: int, decay_fraction: float) -> float:

@@ -22,6 +22,7 @@ from cyclegan_dist.data import remote
 from cyclegan_dist.rundir import RunDir
 from cyclegan_dist.tracking import Tracker
 from cyclegan_dist.train import resume as resuming
+from cyclegan_dist.train import sample_keys
 from cyclegan_dist.train.build import build_networks
 from cyclegan_dist.train.checkpointing import Checkpointer
 from cyclegan_dist.train.data_setup import setup_data
@@ -30,7 +31,8 @@ from cyclegan_dist.train.evaluation import RunEvaluation
 from cyclegan_dist.train.period import LoggingPeriod
 from cyclegan_dist.train.progress import Progress
 from cyclegan_dist.train.runtime import Runtime
-from cyclegan_dist.train.schedule import Schedule, set_lr
+from cyclegan_dist.train.sample_keys import SampleKeyLog
+from cyclegan_dist.train.schedule import Schedule, scaled_lr, set_lr
 from cyclegan_dist.train.state import TrainState, new_id
 from cyclegan_dist.train.step import prepare_step
 
@@ -46,13 +48,13 @@ class Session:
         # others wait on the cache's file lock (a barrier could time out during a long download).
         local = remote.readable_root(config.data) if remote.is_remote(config.data.root) else None
         with rt.main_process_first():  # rank 0 builds the demo data set once; the others then read it
-            self.data = setup_data(config.data, batch_size=t.batch_size, seed=config.seed, rank=rt.rank, local=local)
+            self.data = setup_data(config.data, seed=config.seed, local=local)
         nets = build_networks(config.model, t, pool_size=config.loss.pool_size, seed=config.seed, rank=rt.rank,
                               world=rt.world, device_type=rt.device.type)
-        self.base_lr = nets.base_lr
-        self.state = state = TrainState(step=0, run_id=new_id(), wandb_id=new_id(),
-                                        schedule=Schedule.plan(t.steps, t.lr_decay_fraction), pool_A=nets.pool_A,
-                                        pool_B=nets.pool_B)
+        batch = rt.world * t.batch_size  # the global batch of a fresh run
+        self.state = state = TrainState(step=0, global_batch=batch, run_id=new_id(), wandb_id=new_id(),
+                                        schedule=Schedule.plan(t.steps, t.lr_decay_fraction, batch),
+                                        pool_A=nets.pool_A, pool_B=nets.pool_B)
         self.source = resuming.choose_start(run, resume, archive=archive, is_main=rt.is_main, barrier=rt.barrier,
                                             rank=rt.rank, gather=rt.gather_object)
         loaded = None
@@ -74,32 +76,44 @@ class Session:
         notes = self._restore(loaded) if loaded else []
         self.tracker = Tracker(run, config.wandb, experiment=config.experiment, config=config.to_dict(),
                                wandb_id=state.wandb_id, enabled=rt.is_main, run_name=run_name or run.path.name)
-        for note in notes:
-            self.tracker.event("schedule", message=note)
+        for kind, note in notes:
+            self.tracker.event(kind, message=note)
+        # the LR scaled for the global batch (train.lr_scaling; on a fresh run: for the world size)
+        self.base_lr = scaled_lr(t.lr, t.lr_scaling, state.global_batch // t.batch_size)
+        self.end_step = state.end_step(t.steps)  # train.steps, unless the global batch changed on resume
         self.lr = None
         self.result: dict[str, Any] = {"run_dir": str(run.path), "world_size": rt.world, "start_step": state.step,
                                        "wandb_id": state.wandb_id, "warnings": self.tracker.warnings}
-        self.progress = Progress(state.step, t.steps, enabled=progress and rt.is_main)
+        self.progress = Progress(state.step, self.end_step, enabled=progress and rt.is_main)
         self.checkpoints = Checkpointer(config, run, rt, state, self.step, self.tracker, self.result)
         self.period = LoggingPeriod(config, rt, state, self.step.guard, self.tracker, self.progress, self.result,
                                     last_good=self.checkpoints.last_good)
         self.evaluation = RunEvaluation(config, run, rt, self.data, state, self.step.gens_plain, self.tracker,
-                                        self.progress, self.result)
+                                        self.progress, self.result, end_step=self.end_step)
+        self.sample_keys = self._sample_keys() if t.log_sample_keys else None
         self.tracker.event("train_start", step=state.step, world_size=rt.world, host=socket.gethostname(),
                            resumed_from=str(self.source) if self.source else None, run_id=state.run_id,
                            cpu_threads=torch.get_num_threads() if rt.device.type == "cpu" else None)
 
-    def _restore(self, loaded: tuple[dict, dict | None]) -> list[str]:
+    def _sample_keys(self) -> SampleKeyLog:
+        if self.rt.is_main:
+            sample_keys.truncate(self.run, self.state.step)
+        self.rt.barrier()
+        return SampleKeyLog(self.run, self.rt.rank, self.rt.world)
+
+    def _restore(self, loaded: tuple[dict, dict | None]) -> list[tuple[str, str]]:
         return resuming.restore(loaded, self.source, state=self.state, opt_G=self.step.opt_G, opt_D=self.step.opt_D,
                                 rt=self.rt, config=self.config, run=self.run)
 
     def loader(self):
-        """The data stream from the run's position."""
-        return iter(self.data.loader(start_sample=self.state.step * self.config.train.batch_size))
+        """This rank's share of the run's stream, from the images seen so far."""
+        state, rt = self.state, self.rt
+        return iter(self.data.loader(state.samples, batch_size=state.global_batch // rt.world, rank=rt.rank,
+                                     world=rt.world))
 
     def due(self, every: int) -> bool:
         step = self.state.step
-        return bool(every) and (step % every == 0 or step == self.config.train.steps)
+        return bool(every) and (step % every == 0 or step == self.end_step)
 
     def set_lr(self) -> None:
         lr = self.state.lr(self.base_lr)
@@ -109,6 +123,8 @@ class Session:
             self.lr = lr
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        if self.sample_keys is not None:
+            self.sample_keys.write(self.state.step, batch)
         return self.step(*self.step.inputs(batch))
 
     def rollback(self):
@@ -143,5 +159,7 @@ class Session:
 
     def close(self) -> None:
         self.progress.close()
+        if getattr(self, "sample_keys", None) is not None:
+            self.sample_keys.close()
         if self.tracker is not None:
             self.tracker.finish()
