@@ -281,7 +281,7 @@ def main(argv=None) -> int:
         label = f"{sizes[0]}px" if sizes[0] == sizes[1] else f"{sizes[0]}-{sizes[1]}px"
         for shard_format in args.formats:
             ours_ds = UnpairedShardDataset(root / f"shards-{shard_format}", "photo", "monet",
-                                           load_size=args.load_size, crop_size=args.size, flip=True, seed=0, rank=0)
+                                           load_size=args.load_size, crop_size=args.size, flip=True, seed=0)
             for workers in args.workers:
                 times = measure(make_loader(ours_ds, batch, 0, workers), reference_loader(ref_ds, batch, workers),
                                 batch, workers, k, args.reps)

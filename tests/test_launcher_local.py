@@ -50,13 +50,18 @@ def test_local_executor_runs_smoke_end_to_end(tmp_path):
             == ("here", "COMPLETED", 6, 6, 0))
     assert row["executor"] == "local" and row["wandb_mode"] == "offline" and row["wandb_sync"].startswith("wandb sync ")
 
-    # a finished run has nothing to resume; asked to train longer, a new job continues its checkpoints
+    # a finished run has nothing to resume; asked to train longer, a new job continues its checkpoints, here on one
+    # rank instead of two: the global batch (2 x 4) is kept, 8 images on the one rank (tests/test_world_change.py)
     again = launcher("resume", "here", env=env, cwd=tmp_path, timeout=60)
     assert again.returncode == 2 and "nothing to resume" in again.stderr, again.stderr
-    more = launcher("resume", "here", "--set", "train.steps=8", env=env, cwd=tmp_path, timeout=600)
+    more = launcher("resume", "here", "--cpu-ranks", "1", "--set", "train.steps=8", env=env, cwd=tmp_path,
+                    timeout=600)
     assert more.returncode == 0, more.stdout[-4000:] + more.stderr[-4000:]
-    assert f"resumed from {run_dir}/checkpoints/step-00000006 at step 6" in more.stdout
-    assert [r["step"] for r in loss_records(run_dir)] == [2, 4, 6, 8]
+    assert f"resumed from {run_dir}/checkpoints/step-00000006 at step 6 (48 images seen)" in more.stdout
+    assert [(r["step"], r["world_size"], r["images_seen"]) for r in loss_records(run_dir)] == [
+        (2, 2, 16), (4, 2, 32), (6, 2, 48), (8, 1, 64)]
+    (change,) = events(run_dir, "world_change")
+    assert "8 images per rank keep the global batch of 8" in change["message"]
     manifest = read_manifest(run_dir)
     assert len(manifest["job_ids"]) == 2 and manifest["config"]["train"]["steps"] == 8
 
