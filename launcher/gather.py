@@ -100,6 +100,7 @@ def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict
     state = run_state(sched, events)
     last, best = metric_summary(records)
     total = run.manifest.get("config", {}).get("train", {}).get("steps")
+    total = runs.end_step(run.events(), total) if total else total
     ckpts = run.rundir.complete_checkpoints()
     step = max([records[-1].get("step", 0) if records else 0] + [step_of(c) for c in ckpts[-1:]])
     running = state in scheduler.ACTIVE and state not in ("PENDING", "REQUEUED", "REQUEUE_HOLD")
@@ -107,6 +108,9 @@ def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict
                           now=now if running else None)
     wall = sum(end - start for start, end in spans)
     gpus = run.manifest.get("resources", {}).get("gpus", 0)
+    # each attempt at its own number of GPUs (a resume may use another: the manifest holds the newest)
+    ranks = [e.get("world_size") or gpus for e in events if e.get("event") == "start"]
+    gpu_seconds = sum((end - start) * w for (start, end), w in zip(spans, ranks)) if gpus else 0.0
     marked = run.rundir.best()
     best_ckpt = str(run.rundir.checkpoints / marked["checkpoint"]) if marked else None
     best_by = "eval/mifid" if marked else None
@@ -117,7 +121,7 @@ def summarize(run: Run, sched: dict[str, Any], now: float | None = None) -> dict
         "job_id": run.job_id, "executor": run.executor, "cluster": run.manifest.get("cluster", {}).get("name"),
         "step": step, "total_steps": total, "requeues": runs.requeue_count(events),
         "world_size": run.manifest.get("resources", {}).get("world_size"), "gpus": gpus,
-        "attempts": len(spans), "wall_time_s": round(wall, 1), "gpu_hours": round(wall * gpus / 3600, 4),
+        "attempts": len(spans), "wall_time_s": round(wall, 1), "gpu_hours": round(gpu_seconds / 3600, 4),
         "img_per_s": last.get("img_per_s"), "steps_per_s": rate, "eta_s": eta, "last_problem": last_problem(run),
         "last": last, "best": best,
         "latest_checkpoint": str(ckpts[-1]) if ckpts else None, "best_checkpoint": best_ckpt, "best_by": best_by,

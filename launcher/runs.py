@@ -12,6 +12,7 @@ in ``<run_root>/.submitit/<submission>/``, named in the manifest.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 import time
@@ -146,6 +147,18 @@ def who() -> dict[str, str]:
 def append_event(run_dir: Path, event: str, **fields: Any) -> dict[str, Any]:
     """Append one event to the run's events.jsonl; the record written (with its time)."""
     return RunDir(run_dir).append_event(event, **fields)
+
+
+def end_step(events: list[dict[str, Any]], steps: int, at_step: int | None = None) -> int:
+    """The step at which a run of ``train.steps=steps`` ends: ``steps``, unless a resume changed its global batch
+    (``train.keep_global_batch=false``: the run then ends after the same number of images). From the last
+    ``train_start`` event; ``at_step``: a later step of that attempt (a checkpoint's)."""
+    start = next((e for e in reversed(events) if e.get("event") == "train_start" and e.get("global_batch")), None)
+    if start is None or start["global_batch"] == start.get("plan_batch", start["global_batch"]):
+        return steps
+    batch, plan, step = start["global_batch"], start["plan_batch"], start["step"] if at_step is None else at_step
+    seen = start["images_seen"] + (step - start["step"]) * batch
+    return step + math.ceil(max(0, steps * plan - seen) / batch)
 
 
 def requeue_count(events: list[dict[str, Any]]) -> int:

@@ -151,8 +151,9 @@ def plan_resume(args, run_root: Path, from_job: bool = False) -> Plan:
         config = load_config(path, list(args.overrides or []))
     latest = run.rundir.latest()
     done = step_of(latest) if latest else 0
-    if done >= config.train.steps:
-        raise UserError(f"run {run.name} has a checkpoint at step {done} of {config.train.steps}: nothing to resume "
+    end = runs.end_step(run.events(), config.train.steps, at_step=done) if latest else config.train.steps
+    if done >= end:
+        raise UserError(f"run {run.name} has a checkpoint at step {done} of {end}: nothing to resume "
                         "(train longer with --set train.steps=N)")
     cluster = args.cluster if args.cluster != "auto" else (old.get("cluster", {}).get("path") or "auto")
     if cluster != "auto" and not Path(cluster).is_file():

@@ -320,3 +320,17 @@ def test_submit_says_which_cluster_and_why_and_warns_beyond_sinfo(tmp_path):
     fits = launcher("submit", "--exp", "smoke", "--gpus", "4", "--dry-run", "--run-root", str(tmp_path / "r"),
                     env=env)
     assert fits.returncode == 0 and "warning" not in fits.stdout
+
+
+def test_end_step_follows_a_changed_global_batch():
+    """status's total and resume's "nothing to resume" use the step at which the run has seen train.steps x its first
+    global batch: train.steps, unless a resume changed the global batch (train.keep_global_batch=false)."""
+    from launcher.runs import end_step
+
+    start = {"event": "train_start", "step": 0, "images_seen": 0, "global_batch": 8, "plan_batch": 8}
+    assert end_step([], 6) == 6 and end_step([start], 6) == 6
+    halved = {"event": "train_start", "step": 2, "images_seen": 16, "global_batch": 4, "plan_batch": 8}
+    assert end_step([start, halved], 6) == 10  # 16 of 48 images after 2 steps, then 4 per step
+    assert end_step([start, halved], 6, at_step=7) == 10 and end_step([start, halved], 8, at_step=7) == 14
+    doubled = {"event": "train_start", "step": 2, "images_seen": 8, "global_batch": 8, "plan_batch": 4}
+    assert end_step([doubled], 6) == 4  # 8 of 24 images after 2 steps, then 8 per step

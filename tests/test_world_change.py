@@ -116,6 +116,7 @@ def test_a_changed_global_batch_needs_the_flag_and_keeps_the_image_count(runs, t
     assert (result["status"], result["start_step"], result["step"]) == ("completed", 2, 10), result
     records = [r for r in read_metrics(run_dir) if "lr" in r]
     assert [r["images_seen"] for r in records] == [8, 16] + [16 + 4 * k for k in range(1, 9)]
+    assert events(run_dir, "train_start")[-1]["end_step"] == 10  # what status and launcher resume read
     (change,) = events(run_dir, "global_batch_change")
     assert "from 8 to 4 images per step" in change["message"] and "at step 10" in change["message"]
     # one LR curve in images for both runs: the LR of a step is base x factor(images seen before it), the base

@@ -9,7 +9,7 @@ Train: resize to ``load_size`` x ``load_size`` (bicubic, aspect not kept, as
 p=0.5 -> ToTensor -> Normalize(0.5, 0.5), i.e. values in [-1, 1]. Eval: resize to ``size`` square, no crop/flip.
 
 All randomness comes from the ``numpy.random.Generator`` the caller passes (the stream seeds it from
-(seed, rank, sample index)); the torch and numpy global RNGs are never touched. The draw order mirrors the
+(seed, the run's sample index)); the torch and numpy global RNGs are never touched. The draw order mirrors the
 reference ``get_params``: crop x, crop y, then flip.
 """
 

@@ -117,11 +117,17 @@ def training_facts(config: Mapping[str, Any] | None, step: int | None, marker: M
     world = (marker or {}).get("world_size") or next(
         (r["world_size"] for r in reversed(records) if isinstance(r.get("world_size"), int)), None)
     batch = _get(config, "train.batch_size")
+    # the metrics' count (right after a resume on another number of ranks, too), else steps x batch x ranks
+    seen = next((r["images_seen"] for r in reversed(records)
+                 if isinstance(r.get("images_seen"), int) and r.get("step") == step), None)
+    if seen is not None and world:
+        batch = seen // max(step, 1) // world if seen % (max(step, 1) * world) == 0 else batch
     return {
         "experiment": _get(config, "experiment"), "seed": _get(config, "seed"),
         "steps": step, "planned_steps": _get(config, "train.steps"),
         "batch_size_per_rank": batch, "world_size": world,
-        "images_seen": step * batch * world if step is not None and batch and world else None,
+        "images_seen": seen if seen is not None else (step * batch * world if step is not None and batch and world
+                                                     else None),
         "lr": _get(config, "train.lr"), "lr_scaling": _get(config, "train.lr_scaling"),
         "lr_decay_fraction": _get(config, "train.lr_decay_fraction"),
         "mixed_precision": _get(config, "train.mixed_precision"),

@@ -212,7 +212,7 @@ def fit_global_batch(state: TrainState, t: TrainConfig, *, world: int, saved_wor
         return []
     return [("world_change", f"resumed on {world} ranks (the checkpoint was written by {saved_world}): {G // world} "
              f"images per rank keep the global batch of {G}, so the samples and the LR at each image count continue "
-             "as before; the image pools and the per-rank RNG streams start afresh")]
+             "as before; ranks that existed before keep their image pools and RNG streams, new ones start them fresh")]
 
 
 def restore_optimizers(shared: dict, mine: dict | None, opt_G, opt_D, scaler, *, sharded: bool, world: int,
@@ -220,27 +220,50 @@ def restore_optimizers(shared: dict, mine: dict | None, opt_G, opt_D, scaler, *,
     """Optimizer (and fp16 scaler) state, after ``prepare``. ZeRO: every saved rank's slice, merged and re-sliced
     by DeepSpeed for this number of ranks (``elastic_checkpoint``, set by ``runtime``)."""
     if sharded:
-        saved = shared["world_size"]
-        files = [mine if r == rank and mine is not None else ckpt.load_rank(source, r) for r in range(saved)]
-        if saved != world and any(isinstance(f["opt_G"].get("base_optimizer_state"), dict) for f in files):
-            raise UserError(f"{source} holds ZeRO optimizer slices of {saved} ranks in the form that cannot be "
-                            f"re-sliced (written before elastic checkpoints); resume it with {saved} ranks")
-        from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE, BASE_OPTIMIZER_STATE_STEP
-
-        for f in files:  # the step DeepSpeed's elastic merge expects beside the states (its own Adams keep it in the
-            for name in ("opt_G", "opt_D"):  # param groups, torch's Adam in each state): the same on every slice
-                group = f[name][BASE_OPTIMIZER_STATE]
-                step = group[0].get("step") if isinstance(group, list) and group else None
-                f[name].setdefault(BASE_OPTIMIZER_STATE_STEP, int(step) if step is not None else None)
+        slices = zero_slices(source, shared["world_size"], mine, rank=rank, world=world)
         for opt, name in ((opt_G, "opt_G"), (opt_D, "opt_D")):
-            # fp32 master weights from the slices on the same ranks (exact resume); on another number of ranks from
-            # the loaded weights, as DeepSpeed itself does when the data-parallel degree changes
-            opt.optimizer.load_state_dict(SavedSlices(f[name] for f in files), load_from_fp32_weights=saved == world)
+            # the fp32 master weights re-sliced from the saved ones too: exact on the same ranks, no bf16 rounding
+            # on others
+            opt.optimizer.load_state_dict(SavedSlices(s[name] for s in slices), load_from_fp32_weights=True)
+            for state in opt.optimizer.optimizer.state.values():  # DeepSpeed restores torch Adam's step as (1,)
+                step = state.get("step")
+                if torch.is_tensor(step) and step.dim() and step.numel() == 1:
+                    state["step"] = step.reshape(())
     else:
         opt_G.load_state_dict(shared["opt_G"])
         opt_D.load_state_dict(shared["opt_D"])
     if scaler is not None and shared.get("scaler") is not None:
         scaler.load_state_dict(shared["scaler"])
+
+
+def zero_slices(source: Path, saved: int, mine: dict | None, *, rank: int, world: int) -> list[dict]:
+    """The ZeRO optimizer slices of every saved rank (only those: a rank file also holds pools and RNG streams),
+    with the step DeepSpeed's elastic merge expects beside the states (its own Adams keep it in the param groups,
+    torch's Adam in each state)."""
+    from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE, BASE_OPTIMIZER_STATE_STEP
+
+    names = ("opt_G", "opt_D")
+    own = mine if mine is not None else None
+    if own is not None and saved == world and isinstance(own["opt_G"].get(BASE_OPTIMIZER_STATE), dict):
+        return [{n: own[n] for n in names}] * world  # written before elastic checkpoints: its own slice is enough
+    slices = []
+    for r in range(saved):
+        f = own if (r == rank and own is not None) else ckpt.load_rank(source, r)
+        slices.append({n: f[n] for n in names})
+        del f
+    if saved != world and any(isinstance(sl["opt_G"].get(BASE_OPTIMIZER_STATE), dict) for sl in slices):
+        raise UserError(f"{source} holds ZeRO optimizer slices of {saved} ranks in the form that cannot be "
+                        f"re-sliced (written before elastic checkpoints); resume it with {saved} ranks")
+    for sl in slices:
+        for name in names:
+            if BASE_OPTIMIZER_STATE_STEP in sl[name]:
+                continue
+            group = sl[name][BASE_OPTIMIZER_STATE]
+            step = group[0].get("step") if isinstance(group, list) and group else None
+            if torch.is_tensor(step):
+                step = step.reshape(-1)[0].item() if step.numel() else None
+            sl[name][BASE_OPTIMIZER_STATE_STEP] = int(step) if step is not None else None
+    return slices
 
 
 class SavedSlices(list):

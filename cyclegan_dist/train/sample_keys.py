@@ -19,11 +19,19 @@ def truncate(run: RunDir, step: int) -> None:
     Rank 0 does it for every rank's file before any rank writes."""
     for path in sorted(keys_dir(run).glob("rank-*.jsonl")):
         lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] < step]
+        kept = [line for line in lines if _step(line) < step]
         if len(kept) != len(lines):
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(kept))
             tmp.replace(path)
+
+
+def _step(line: str) -> float:
+    """The step of a line; a line cut short by a kill counts as past any step (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class SampleKeyLog:

@@ -8,13 +8,14 @@ seen (steps x the run's global batch), so a run resumed with another global batc
 has the LR its image count calls for; with an unchanged global batch this is the same curve, step for step.
 
 The knots are saved in every checkpoint, so a resumed run follows the curve it started with. A run extended
-with a larger ``train.steps`` is **re-planned** from the step it resumes at, continuously: while the old curve
+with a larger ``train.steps`` is **re-planned** from the image count it resumes at, continuously: while the old curve
 is still constant there and the new plan is too, the new plan applies; otherwise the LR decays linearly from
 its current value to zero at the new end. The loop logs the re-plan as an event.
 
 Scaling with world size (``train.lr_scaling``): the global batch is ``batch_size x world_size`` since
 ``batch_size`` is per rank. ``none`` keeps the reference LR; ``linear`` multiplies it by world_size (Goyal et
-al.); ``sqrt`` by sqrt(world_size) (the usual choice for Adam).
+al.); ``sqrt`` by sqrt(world_size) (the usual choice for Adam). The session passes global batch / batch_size as
+the world size, which stays the same when a resume on other ranks keeps the global batch.
 """
 
 from __future__ import annotations

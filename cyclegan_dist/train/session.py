@@ -92,6 +92,8 @@ class Session:
                                         self.progress, self.result, end_step=self.end_step)
         self.sample_keys = self._sample_keys() if t.log_sample_keys else None
         self.tracker.event("train_start", step=state.step, world_size=rt.world, host=socket.gethostname(),
+                           images_seen=state.samples, global_batch=state.global_batch, plan_batch=state.plan_batch,
+                           end_step=self.end_step,
                            resumed_from=str(self.source) if self.source else None, run_id=state.run_id,
                            cpu_threads=torch.get_num_threads() if rt.device.type == "cpu" else None)
 
@@ -140,6 +142,9 @@ class Session:
                                    skipped_steps=counters["skipped_steps"])
         self.lr = None
         self.period.reset()
+        if self.sample_keys is not None:  # the steps after the checkpoint are trained again
+            self.sample_keys.close()
+            self.sample_keys = self._sample_keys()
         self.tracker.event("rollback", step=self.state.step, checkpoint=str(source))
         return self.loader()
 
