@@ -100,3 +100,23 @@ def test_zero2_resumes_on_another_number_of_ranks(tmp_path):
     gens, _ = build_pairs(config.model, config.seed)
     final = [load_shared(latest_checkpoint(run))["generators"] for run in (changed, straight)]
     assert relative_distance(*final, gens.state_dict(), skip=dead_biases(gens)) <= 0.1
+
+
+def test_zero2_on_fewer_ranks_passes_over_a_checkpoint_whose_unread_rank_file_is_damaged(tmp_path):
+    """Resumed on 1 rank, a ZeRO run merges the slices of both saved ranks, so a damaged rank-1 file of the newest
+    checkpoint (which no rank of the new run reads as its own) makes --resume auto pass it over, named, for the older
+    one, instead of failing in the restore."""
+    from test_damaged_checkpoints import flip
+
+    from helpers import list_complete
+
+    run_dir = tmp_path / "run"
+    settings = [*ZERO2, "train.checkpoint_every=2", "train.keep_last=5"]
+    run_torchrun(2, "train", "--config", "smoke", "--run-dir", run_dir, "--set", *settings, "train.steps=4")
+    older, newest = list_complete(run_dir)
+    flip(newest / "rank-00001.pt")
+    out = run_torchrun(1, "train", "--json", "--config", "smoke", "--run-dir", run_dir, "--set", *settings,
+                       "train.steps=6")
+    assert (result_json(out.stdout)["start_step"], result_json(out.stdout)["status"]) == (2, "completed")
+    (warning,) = warnings_of(run_dir, "checkpoint")
+    assert list(warning["files"]) == [str(newest / "rank-00001.pt")] and f"resuming from {older}" in warning["message"]

@@ -26,7 +26,7 @@ import torch
 from cyclegan_dist import checkpoint as ckpt
 from cyclegan_dist.config import Config, TrainConfig, diff_configs
 from cyclegan_dist.errors import UserError
-from cyclegan_dist.rundir import DAMAGED_PREFIX, RunDir, is_checkpoint
+from cyclegan_dist.rundir import DAMAGED_PREFIX, RunDir, is_checkpoint, rank_file
 from cyclegan_dist.train.runtime import Runtime
 from cyclegan_dist.train.state import TrainState
 
@@ -52,14 +52,16 @@ _CHOSEN: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any] | None]] = {
 
 
 def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barrier, rank: int | None = None,
-                 gather: Callable[[Any], list[Any]] | None = None) -> Path | None:
+                 gather: Callable[[Any], list[Any]] | None = None, all_ranks: bool = False) -> Path | None:
     """The checkpoint to continue from (None: start at step 0). Collective (every rank calls it): the checkpoint
-    must load on every rank; ``archive`` moves files. ``rank``/``gather`` default to torch.distributed's."""
+    must load on every rank; ``archive`` moves files. ``rank``/``gather`` default to torch.distributed's.
+    ``all_ranks``: the restore reads every saved rank's file (ZeRO slices), so rank 0 also checks the files of
+    saved ranks that no rank of this run reads itself (a resume on fewer ranks)."""
     if resume == "never":
         _start_over(run, archive=archive, is_main=is_main, barrier=barrier)
         return None
     rank = _rank() if rank is None else rank
-    start = find_start(run, resume, rank=rank, gather=gather or ckpt.all_gather)
+    start = find_start(run, resume, rank=rank, gather=gather or ckpt.all_gather, all_ranks=all_ranks)
     if start.damaged:
         if is_main:
             record_damaged(run, start)
@@ -72,7 +74,8 @@ def choose_start(run: RunDir, resume: str, *, archive: bool, is_main: bool, barr
     return start.source
 
 
-def find_start(run: RunDir, resume: str, *, rank: int, gather: Callable[[Any], list[Any]]) -> Start:
+def find_start(run: RunDir, resume: str, *, rank: int, gather: Callable[[Any], list[Any]],
+               all_ranks: bool = False) -> Start:
     """``--resume auto`` or a checkpoint directory -> the Start every rank agrees on (a collective)."""
     if resume == "auto":
         candidates = [str(p) for p in reversed(run.complete_checkpoints())]
@@ -88,6 +91,8 @@ def find_start(run: RunDir, resume: str, *, rank: int, gather: Callable[[Any], l
         loaded, problem = None, None
         try:
             loaded = (ckpt.load_shared(candidate), ckpt.load_rank(candidate, rank))
+            if all_ranks and rank == 0:
+                _check_rank_files(candidate, loaded[0]["world_size"])
         except ckpt.DamagedCheckpoint as exc:
             problem = {"checkpoint": str(candidate), "file": str(exc.path), "reason": exc.reason}
         problems = [p for p in gather(problem) if p]
@@ -104,6 +109,15 @@ def find_start(run: RunDir, resume: str, *, rank: int, gather: Callable[[Any], l
                         "a copy, or start over with --resume never --archive (moves them aside)")
     raise UserError(f"--resume {resume}: the checkpoint is damaged: {files}. Use --resume auto (the newest "
                     "checkpoint that loads), another checkpoint directory, or restore the file from a copy")
+
+
+def _check_rank_files(checkpoint: Path, saved: int) -> None:
+    """Every saved rank's file against its recorded digest (a DamagedCheckpoint names the first that differs)."""
+    for r in range(1, saved):
+        file = checkpoint / rank_file(r)
+        problem = ckpt.digest_problem(file)
+        if problem:
+            raise ckpt.DamagedCheckpoint(file, problem)
 
 
 def record_damaged(run: RunDir, start: Start) -> list[str]:

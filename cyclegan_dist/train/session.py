@@ -56,7 +56,7 @@ class Session:
                                         schedule=Schedule.plan(t.steps, t.lr_decay_fraction, batch),
                                         pool_A=nets.pool_A, pool_B=nets.pool_B)
         self.source = resuming.choose_start(run, resume, archive=archive, is_main=rt.is_main, barrier=rt.barrier,
-                                            rank=rt.rank, gather=rt.gather_object)
+                                            rank=rt.rank, gather=rt.gather_object, all_ranks=rt.deepspeed)
         loaded = None
         if self.source is None:
             previous = (run.wandb_info() or {}).get("id") if resume != "never" else None
